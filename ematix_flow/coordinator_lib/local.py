@@ -1,0 +1,87 @@
+"""Spawning ``flow-worker`` processes on 127.0.0.1 (``Mesh.local``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ematix_flow.errors import PeerUnreachableError
+
+_READY = re.compile(r"flow-worker ready on grpc(?:\+tls)?://(\S+)")
+
+
+@dataclass
+class LocalWorker:
+    """A flow-worker process this process started."""
+
+    process: subprocess.Popen[str]
+    address: str
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        """The worker's process id."""
+        return self.process.pid
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+
+
+def spawn_worker(
+    tls_dir: Path | None,
+    work_dir: Path,
+    *,
+    log_level: str = "warning",
+    timeout: float = 60.0,
+    extra: list[str] | None = None,
+) -> LocalWorker:
+    """Start one ``flow-worker`` on 127.0.0.1 (any port) and wait for its ready line."""
+    cmd = [sys.executable, "-m", "ematix_flow.worker.main", "--listen", "127.0.0.1:0", "--work-dir", str(work_dir)]
+    cmd += ["--tls-dir", str(tls_dir)] if tls_dir else ["--insecure"]
+    cmd += ["--log-level", log_level, *(extra or [])]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    worker = LocalWorker(proc, "")
+    errors: list[str] = worker.log
+    threading.Thread(target=_collect, args=(proc.stderr, errors), daemon=True).start()
+    deadline = time.monotonic() + timeout
+    line = ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = _READY.search(line)
+        if m:
+            worker.address = m.group(1)
+            threading.Thread(target=_collect, args=(proc.stdout, errors), daemon=True).start()
+            return worker
+    worker.stop()
+    tail = " / ".join(errors[-3:]) or line.strip() or "no output"
+    raise PeerUnreachableError(f"local flow-worker did not start: {tail}")
+
+
+def _collect(stream: object, sink: list[str]) -> None:
+    with contextlib.suppress(ValueError, OSError):
+        for line in stream:  # type: ignore[attr-defined]
+            sink.append(line.rstrip())
+            del sink[:-200]

@@ -1,0 +1,278 @@
+"""``Mesh``: the public entry point that plans a query, drives it on the peers, streams the result."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import datafusion
+import pyarrow as pa
+
+from ematix_flow.coordinator_lib.local import LocalWorker, spawn_worker
+from ematix_flow.coordinator_lib.planning import PlannedQuery, plan_query
+from ematix_flow.coordinator_lib.report import RunReport, StageReport, render_graph
+from ematix_flow.coordinator_lib.schemas import explain_schemas
+from ematix_flow.coordinator_lib.state import Assignment, QueryState
+from ematix_flow.engine.digest import hash_digest
+from ematix_flow.engine.exchange import schema_bytes, unique_names
+from ematix_flow.engine.run import stream_partitions
+from ematix_flow.engine.settings import execution_context, planning_context
+from ematix_flow.errors import ConfigError, FlowError, PeerMismatchError
+from ematix_flow.transport.flight import ClientPool
+from ematix_flow.transport.messages import PeerInfo, TaskResult
+from ematix_flow.transport.tls import TLSConfig, init_certs
+from ematix_flow.worker.tasks import TaskRunner
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MIN_TASK_BYTES = 4 * 1024 * 1024
+
+
+class Mesh:
+    """A connection to a mesh of ``flow-worker`` peers; any process can submit queries through it.
+
+    Example:
+        >>> with Mesh.local(workers=3) as mesh:  # doctest: +SKIP
+        ...     mesh.register_parquet("lineitem", "data/tpch-sf0.1/lineitem.parquet")
+        ...     mesh.sql("SELECT count(*) FROM lineitem")
+    """
+
+    def __init__(
+        self,
+        peers: Sequence[str],
+        tls: TLSConfig | None = None,
+        *,
+        insecure: bool = False,
+        partitions: int | None = None,
+        min_task_bytes: int = DEFAULT_MIN_TASK_BYTES,
+        local_reads: bool = True,
+        connect_timeout: float = 5.0,
+        task_timeout: float | None = None,
+    ) -> None:
+        """Connect to ``peers`` ("host:port") over mutual TLS (``insecure=True``: plaintext)."""
+        self.peers = [p.strip() for p in peers if p.strip()]
+        if not self.peers:
+            raise ConfigError("no peers given: pass at least one HOST:PORT (or use Mesh.local)")
+        if tls is None and not insecure:
+            raise ConfigError("no TLS material: pass tls=TLSConfig.from_dir('certs') or insecure=True")
+        self.tls = tls
+        self.partitions = partitions or max(4, 2 * len(self.peers))
+        self.min_task_bytes = min_task_bytes
+        self.local_reads = local_reads
+        self.task_timeout = task_timeout
+        self.workers: list[LocalWorker] = []
+        self.last_run: RunReport | None = None
+        self._owned_dir: Path | None = None
+        self._pool = ClientPool(tls)
+        self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="flow-task")
+        self._ctx = planning_context(self.partitions)
+        self._scratch = Path(tempfile.mkdtemp(prefix="flow-submit-"))
+        self._runner = TaskRunner(execution_context(), self._pool, self._scratch, fetch_timeout=task_timeout)
+        self._queries = 0
+        try:
+            self.peer_info = self._hello(connect_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ set-up
+    @classmethod
+    def local(
+        cls,
+        workers: int = 3,
+        *,
+        insecure: bool = False,
+        work_dir: str | os.PathLike[str] | None = None,
+        log_level: str = "warning",
+        **options: Any,
+    ) -> Mesh:
+        """Spawn ``workers`` flow-worker processes on 127.0.0.1 with fresh mTLS certificates."""
+        if workers < 1:
+            raise ConfigError("Mesh.local needs at least one worker")
+        base = Path(tempfile.mkdtemp(prefix="flow-local-", dir=work_dir))
+        tls_dir = None if insecure else base / "certs"
+        spawned: list[LocalWorker] = []
+        try:
+            if tls_dir is not None:
+                init_certs(tls_dir, ["127.0.0.1", "localhost"])
+            with ThreadPoolExecutor(max_workers=workers) as ex:
+                futures = [ex.submit(spawn_worker, tls_dir, base / "work", log_level=log_level) for _ in range(workers)]
+                for f in futures:
+                    try:
+                        spawned.append(f.result())
+                    except FlowError:
+                        continue
+                for f in futures:
+                    f.result()  # re-raise the first start failure
+            tls = TLSConfig.from_dir(tls_dir) if tls_dir else None
+            mesh = cls([w.address for w in spawned], tls, insecure=insecure, **options)
+        except BaseException:
+            for w in spawned:
+                w.stop()
+            shutil.rmtree(base, ignore_errors=True)
+            raise
+        mesh.workers = spawned
+        mesh._owned_dir = base
+        return mesh
+
+    def _hello(self, timeout: float) -> dict[str, PeerInfo]:
+        mine = hash_digest()
+        futures = {p: self._executor.submit(self._pool.action, p, "hello", b"", timeout) for p in self.peers}
+        infos = {p: PeerInfo.from_bytes(f.result()) for p, f in futures.items()}
+        for p, info in infos.items():
+            if info.hash_digest != mine or info.datafusion_version != datafusion.__version__:
+                raise PeerMismatchError(
+                    f"peer {p} partitions data differently (datafusion {info.datafusion_version}, digest "
+                    f"{info.hash_digest}; here {datafusion.__version__}, {mine}): install the same ematix-flow "
+                    "and datafusion on every peer"
+                )
+        return infos
+
+    # ------------------------------------------------------------------ tables
+    def _resolve(self, name: str, path: str | os.PathLike[str]) -> str:
+        p = Path(path).expanduser().resolve()
+        if not p.exists():
+            raise ConfigError(f"table {name}: no such file or directory: {path}")
+        return str(p)
+
+    def register_parquet(self, name: str, path: str | os.PathLike[str], **options: Any) -> None:
+        """Register a Parquet file or a folder of Parquet files as table ``name``."""
+        self._register(name, lambda: self._ctx.register_parquet(name, self._resolve(name, path), **options))
+
+    def register_csv(self, name: str, path: str | os.PathLike[str], **options: Any) -> None:
+        """Register a CSV file or folder (options go to DataFusion's ``register_csv``)."""
+        self._register(name, lambda: self._ctx.register_csv(name, self._resolve(name, path), **options))
+
+    def register_json(self, name: str, path: str | os.PathLike[str], **options: Any) -> None:
+        """Register a newline-delimited JSON file or folder."""
+        self._register(name, lambda: self._ctx.register_json(name, self._resolve(name, path), **options))
+
+    def _register(self, name: str, action: Any) -> None:
+        if self._ctx.table_exist(name):
+            self._ctx.deregister_table(name)
+        try:
+            action()
+        except FlowError:
+            raise
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"cannot register table {name}: {first}") from exc
+
+    # ------------------------------------------------------------------ queries
+    def explain(self, sql: str) -> str:
+        """The stage graph of ``sql``, readable."""
+        return render_graph(plan_query(self._ctx, sql).graph, len(self.peers))
+
+    def sql(self, sql: str) -> pa.Table:
+        """Run ``sql`` on the mesh and return the whole result."""
+        schema: list[pa.Schema] = []
+        batches = list(self._batches(sql, schema))
+        if not batches:
+            return schema[0].empty_table()
+        return pa.Table.from_batches(batches, schema=batches[0].schema)
+
+    def sql_batches(self, sql: str) -> Iterator[pa.RecordBatch]:
+        """Run ``sql`` on the mesh and yield the result batch by batch."""
+        return self._batches(sql, [])
+
+    def _batches(self, sql: str, schema_out: list[pa.Schema]) -> Iterator[pa.RecordBatch]:
+        planned = plan_query(self._ctx, sql)
+        schema_out.append(planned.logical_schema)
+        query_id = uuid.uuid4().hex
+        self._queries += 1
+        state = QueryState(
+            query_id,
+            planned.graph,
+            self.peers,
+            min_task_bytes=self.min_task_bytes,
+            local_reads=self.local_reads,
+            offset=self._queries,
+        )
+        report = RunReport(query_id, sql, [StageReport(s.id, s.kind) for s in planned.graph.stages])
+        t0 = time.perf_counter()
+        try:
+            self._run_stages(state, planned)
+            self._fill_schemas(state, planned, planned.graph.root.inputs)
+            spec = state.root_spec()
+            plan, _ = self._runner.prepare(spec, self._scratch / query_id)
+            for batch in stream_partitions(self._runner.ctx, plan):
+                report.rows += batch.num_rows
+                yield batch
+        finally:
+            for rec in state.records:
+                report.stages[rec.stage].tasks.append(rec)
+            report.seconds = time.perf_counter() - t0
+            self.last_run = report
+            self._release(query_id, set(state.load))
+
+    def _run_stages(self, state: QueryState, planned: PlannedQuery) -> None:
+        running: dict[Future[bytes], Assignment] = {}
+        try:
+            while True:
+                for stage in state.ready():
+                    self._fill_schemas(state, planned, stage.inputs)
+                    for a in state.assign(stage):
+                        fut = self._executor.submit(
+                            self._pool.action, a.peer, "run_task", a.spec.to_bytes(), self.task_timeout
+                        )
+                        running[fut] = a
+                if not running:
+                    return
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    a = running.pop(fut)
+                    state.task_done(a, TaskResult.from_bytes(fut.result()))
+        except BaseException:
+            wait(running)  # let in-flight tasks end before their files are released
+            raise
+
+    def _fill_schemas(self, state: QueryState, planned: PlannedQuery, inputs: Sequence[Any]) -> None:
+        """Give producers that wrote no rows a schema (from EXPLAIN: only needed in that case)."""
+        missing = [planned.graph[i.stage] for i in inputs if state.runs[i.stage].schema is None]
+        if not missing:
+            return
+        schemas = explain_schemas(self._ctx, planned.sql)
+        for stage in missing:
+            schema = schemas[stage.site]
+            names = list(schema.names)
+            disk = pa.schema([f.with_name(n) for f, n in zip(schema, unique_names(names), strict=True)])
+            state.set_schema(stage.id, schema_bytes(disk), names)
+
+    def _release(self, query_id: str, peers: set[str]) -> None:
+        futures = [self._executor.submit(self._pool.action, p, "release", query_id.encode(), 10.0) for p in peers]
+        for f in futures:
+            try:
+                f.result()
+            except FlowError as exc:
+                log.warning("query=%s release failed: %s", query_id, exc)
+        shutil.rmtree(self._scratch / query_id, ignore_errors=True)
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Disconnect; stop the workers this Mesh started and remove their files."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._pool.close()
+        for w in self.workers:
+            w.stop()
+        self.workers = []
+        shutil.rmtree(self._scratch, ignore_errors=True)
+        if self._owned_dir is not None:
+            shutil.rmtree(self._owned_dir, ignore_errors=True)
+            self._owned_dir = None
+
+    def __enter__(self) -> Mesh:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

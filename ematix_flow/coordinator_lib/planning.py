@@ -1,0 +1,66 @@
+"""Planning a query on the submitter: SQL -> DataFusion physical plan -> stage graph."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+from datafusion import DataFrame, SessionContext
+from datafusion.plan import ExecutionPlan
+
+from ematix_flow.errors import QueryError
+from ematix_flow.planner.nodes import NodeInfo
+from ematix_flow.planner.stages import StageGraph, build_graph
+
+
+@dataclass
+class PlannedQuery:
+    """A query ready to run: its stage graph and what is needed to explain or finish it."""
+
+    sql: str
+    graph: StageGraph
+    logical_schema: pa.Schema
+    plan_bytes: bytes
+
+
+def node_infos(plan: ExecutionPlan) -> list[NodeInfo]:
+    """DataFusion's view of every node, pre-order: partition count, first display line, child count."""
+    out: list[NodeInfo] = []
+
+    def walk(node: ExecutionPlan) -> None:
+        text = node.display().strip()
+        children = node.children()
+        out.append(NodeInfo(node.partition_count, text.splitlines()[0] if text else "", len(children)))
+        for c in children:
+            walk(c)
+
+    walk(plan)
+    return out
+
+
+def _sql_error(exc: Exception) -> QueryError:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    for prefix in ("DataFusion error: ", "Error during planning: "):
+        line = line.replace(prefix, "")
+    return QueryError(f"invalid query: {line}")
+
+
+def dataframe(ctx: SessionContext, sql: str) -> DataFrame:
+    """``ctx.sql`` with DataFusion's errors turned into one-line QueryErrors."""
+    try:
+        return ctx.sql(sql)
+    except Exception as exc:
+        raise _sql_error(exc) from exc
+
+
+def plan_query(ctx: SessionContext, sql: str) -> PlannedQuery:
+    """Plan ``sql`` in ``ctx`` and cut it into stages."""
+    df = dataframe(ctx, sql)
+    try:
+        plan = df.execution_plan()
+    except Exception as exc:
+        raise _sql_error(exc) from exc
+    plan_bytes = plan.to_bytes()
+    graph = build_graph(plan_bytes, node_infos(plan))
+    return PlannedQuery(sql, graph, df.schema(), plan_bytes)

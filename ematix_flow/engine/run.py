@@ -1,0 +1,148 @@
+"""Running a decoded task plan: every partition drained concurrently.
+
+Draining a partitioned hash join's partitions one after another can deadlock through dynamic
+filters (DESIGN.md), so all partitions of a plan always run at the same time, one thread each.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+from datafusion import SessionContext
+from datafusion.plan import ExecutionPlan
+
+from ematix_flow.engine.exchange import unique_names
+from ematix_flow.errors import TaskFailedError
+
+
+@dataclass(frozen=True)
+class PartitionOutput:
+    """One output partition written to disk."""
+
+    partition: int
+    rows: int
+    nbytes: int
+    path: str
+    schema: pa.Schema | None
+
+
+def decode(ctx: SessionContext, plan: bytes) -> ExecutionPlan:
+    """Decode task plan bytes in ``ctx``."""
+    try:
+        return ExecutionPlan.from_bytes(ctx, plan)
+    except Exception as exc:
+        raise TaskFailedError(f"could not decode the task plan: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _execution_error(exc: BaseException) -> TaskFailedError:
+    if isinstance(exc, TaskFailedError):
+        return exc
+    return TaskFailedError(f"execution failed: {_first_line(exc)}")
+
+
+def write_partitions(ctx: SessionContext, plan: ExecutionPlan, out_dir: Path) -> list[PartitionOutput]:
+    """Run every partition of ``plan`` concurrently, each written to ``out_dir/p<k>.arrow``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = plan.partition_count
+    results: list[PartitionOutput | None] = [None] * n
+    errors: list[BaseException] = []
+
+    def drain(p: int) -> None:
+        path = out_dir / f"p{p:05d}.arrow"
+        writer: pa.ipc.RecordBatchFileWriter | None = None
+        rows = 0
+        schema = None
+        names: list[str] = []
+        renamed = False
+        try:
+            for rb in ctx.execute(plan, p):
+                batch = rb.to_pyarrow()
+                if batch.num_rows == 0:
+                    continue
+                if writer is None:
+                    schema = batch.schema
+                    names = unique_names(schema.names)
+                    disk = pa.schema([f.with_name(nm) for f, nm in zip(schema, names, strict=True)])
+                    writer = pa.ipc.new_file(str(path), disk)
+                    renamed = names != schema.names
+                if renamed:
+                    batch = batch.rename_columns(names)
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            if writer is not None:
+                writer.close()
+        size = path.stat().st_size if writer is not None else 0
+        results[p] = PartitionOutput(p, rows, size, str(path) if rows else "", schema)
+
+    threads = [threading.Thread(target=drain, args=(p,), name=f"drain-{p}") for p in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise _execution_error(errors[0]) from errors[0]
+    return [r for r in results if r is not None]
+
+
+def stream_partitions(ctx: SessionContext, plan: ExecutionPlan, capacity: int = 16) -> Iterator[pa.RecordBatch]:
+    """Yield the batches of every partition of ``plan`` as they come (partitions run concurrently)."""
+    n = plan.partition_count
+    if n == 1:
+        try:
+            for rb in ctx.execute(plan, 0):
+                yield rb.to_pyarrow()
+        except Exception as exc:
+            raise _execution_error(exc) from exc
+        return
+    q: queue.Queue[pa.RecordBatch | BaseException | None] = queue.Queue(maxsize=capacity)
+    stop = threading.Event()
+
+    def put(item: pa.RecordBatch | BaseException | None) -> None:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def drain(p: int) -> None:
+        try:
+            for rb in ctx.execute(plan, p):
+                if stop.is_set():
+                    return
+                put(rb.to_pyarrow())
+        except BaseException as exc:
+            put(exc)
+        finally:
+            put(None)
+
+    threads = [threading.Thread(target=drain, args=(p,), daemon=True) for p in range(n)]
+    for t in threads:
+        t.start()
+    done = 0
+    try:
+        while done < n:
+            item = q.get()
+            if item is None:
+                done += 1
+            elif isinstance(item, BaseException):
+                raise _execution_error(item) from item
+            else:
+                yield item
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)

@@ -1,0 +1,42 @@
+"""DataFusion settings every ematix-flow context uses (see DESIGN.md: facts and traps)."""
+
+from __future__ import annotations
+
+from datafusion import SessionConfig, SessionContext
+
+#: Settings for every context that EXECUTES a task. Work stealing between file-scan partitions
+#: makes one partition of a scan return all rows (silently wrong results) when a task runs a share.
+EXECUTION_SETTINGS: dict[str, str] = {
+    "datafusion.execution.enable_file_stream_work_stealing": "false",
+}
+
+#: Settings for the context that PLANS a distributed query.
+PLANNING_SETTINGS: dict[str, str] = {
+    **EXECUTION_SETTINGS,
+    # deterministic partition contents: no round-robin repartitioning
+    "datafusion.optimizer.enable_round_robin_repartition": "false",
+    # uncorrelated scalar subqueries as joins: a ScalarSubqueryExpr cannot be decoded away from its exec
+    "datafusion.optimizer.enable_physical_uncorrelated_scalar_subquery": "false",
+    # InterleaveExec asserts at decode that its children are hash-partitioned; a spliced scan is not
+    "datafusion.optimizer.prefer_existing_union": "true",
+    # split a single file into byte ranges even when it is small, so one-file tables still fan out
+    "datafusion.optimizer.repartition_file_min_size": str(256 * 1024),
+}
+
+
+def execution_context(target_partitions: int | None = None) -> SessionContext:
+    """A context safe for running task slices."""
+    config = SessionConfig()
+    if target_partitions:
+        config = config.with_target_partitions(target_partitions)
+    for key, value in EXECUTION_SETTINGS.items():
+        config = config.set(key, value)
+    return SessionContext(config)
+
+
+def planning_context(partitions: int) -> SessionContext:
+    """A context that plans for the mesh: ``partitions`` is the shuffle width."""
+    config = SessionConfig().with_target_partitions(partitions).with_information_schema(True)
+    for key, value in PLANNING_SETTINGS.items():
+        config = config.set(key, value)
+    return SessionContext(config)

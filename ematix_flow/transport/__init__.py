@@ -1,0 +1,1 @@
+"""Transport: Arrow Flight connections between peers and their mutual-TLS material."""

@@ -1,0 +1,1 @@
+"""``flow-worker``: the Arrow Flight server every machine of the mesh runs."""

@@ -1,0 +1,119 @@
+"""The ``flow-worker`` command: start one mesh peer and serve until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import click
+
+from ematix_flow.errors import ConfigError, FlowError
+from ematix_flow.transport.tls import TLSConfig
+
+if TYPE_CHECKING:
+    from ematix_flow.worker.server import WorkerServer
+
+log = logging.getLogger("ematix_flow.worker")
+
+
+def _split_peers(value: str) -> list[str]:
+    return [p.strip() for p in value.split(",") if p.strip()]
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--listen", default="127.0.0.1:50051", show_default=True, help="HOST:PORT to serve on (port 0: any).")
+@click.option("--peers", default="", help="Other peers of the mesh, comma-separated HOST:PORT.")
+@click.option("--tls-dir", type=click.Path(file_okay=False), envvar="FLOW_TLS_DIR", help="Dir with ca.pem and NAME.pem.")
+@click.option("--tls-name", default="peer", show_default=True, help="Certificate name in --tls-dir (NAME.pem).")
+@click.option("--work-dir", type=click.Path(file_okay=False), help="Where task outputs are kept [a temp dir].")
+@click.option("--insecure", is_flag=True, help="Serve plaintext gRPC without TLS (testing only).")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def worker(
+    listen: str,
+    peers: str,
+    tls_dir: str | None,
+    tls_name: str,
+    work_dir: str | None,
+    insecure: bool,
+    log_level: str,
+) -> None:
+    """Run one ematix-flow peer: an Arrow Flight server over mutual TLS.
+
+    Example: flow-worker --listen 0.0.0.0:50051 --peers 10.0.0.6:50051 --tls-dir certs
+    """
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        server = _start(listen, peers, tls_dir, tls_name, work_dir, insecure)
+    except FlowError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        click.echo(f"error: cannot serve on {listen}: {exc}", err=True)
+        sys.exit(2)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    scheme = "grpc" if insecure else "grpc+tls"
+    click.echo(f"flow-worker ready on {scheme}://{server.address} (name {server.name}, work dir {server.store.root})")
+    sys.stdout.flush()
+    while not stop.wait(0.5):
+        pass
+    log.info("stopping: removing %s", server.store.root)
+    server.close_all()
+
+
+def _start(
+    listen: str, peers: str, tls_dir: str | None, tls_name: str, work_dir: str | None, insecure: bool
+) -> WorkerServer:
+    from ematix_flow.worker.server import WorkerServer
+
+    if ":" not in listen:
+        raise ConfigError(f"--listen {listen!r} must be HOST:PORT")
+    tls = None
+    if tls_dir:
+        tls = TLSConfig.from_dir(tls_dir, tls_name)
+    elif not insecure:
+        raise ConfigError(
+            "no TLS material: pass --tls-dir DIR (create one with: flow certs init --dir certs) "
+            "or --insecure to serve plaintext"
+        )
+    if insecure and tls:
+        raise ConfigError("--insecure and --tls-dir are mutually exclusive")
+    base = Path(work_dir) if work_dir else Path(tempfile.gettempdir())
+    root = Path(tempfile.mkdtemp(prefix=f"flow-worker-{os.getpid()}-", dir=_ensure(base)))
+    return WorkerServer(listen, tls=tls, work_dir=root, peers=_split_peers(peers))
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def main() -> None:
+    """Entry point of the ``flow-worker`` script."""
+    worker(prog_name="flow-worker")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The worker's Arrow Flight server: run tasks, serve their outputs, release queries."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import datafusion
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from ematix_flow import __version__
+from ematix_flow.engine.digest import hash_digest
+from ematix_flow.engine.exchange import host_id
+from ematix_flow.engine.settings import execution_context
+from ematix_flow.errors import FlowError, ProtocolError
+from ematix_flow.transport.flight import ClientPool, remote_error
+from ematix_flow.transport.messages import OutputRef, PeerInfo, TaskSpec
+from ematix_flow.transport.tls import TLSConfig, flight_server_kwargs, location
+from ematix_flow.worker.store import WorkStore, check_query_id
+from ematix_flow.worker.tasks import TaskRunner
+
+log = logging.getLogger(__name__)
+
+ACTIONS = {
+    "hello": "who this peer is: version, engine digest, peers it knows",
+    "run_task": "run one task (msgpack TaskSpec); answers a TaskResult",
+    "release": "remove every file held for a query id",
+}
+
+
+class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
+    """A mesh peer: every action a submitter or another peer may call."""
+
+    def __init__(
+        self,
+        listen: str,
+        *,
+        tls: TLSConfig | None,
+        work_dir: Path,
+        peers: list[str] | None = None,
+        name: str = "",
+    ) -> None:
+        kwargs: dict[str, Any] = flight_server_kwargs(tls) if tls else {}
+        super().__init__(location(listen, tls), **kwargs)
+        host = listen.rsplit(":", 1)[0]
+        self.address = f"{host}:{self.port}"
+        self.tls = tls
+        self.name = name or (tls.common_name() if tls else self.address)
+        self.peers = list(peers or [])
+        self.store = WorkStore(work_dir)
+        self.pool = ClientPool(tls)
+        self.runner = TaskRunner(execution_context(), self.pool, work_dir, fetch_timeout=300.0)
+        self._lock = threading.Lock()
+        self.tasks_run = 0
+
+    # ----------------------------------------------------------------- actions
+    def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
+        """The actions this worker answers."""
+        return list(ACTIONS.items())
+
+    def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Any:
+        """Dispatch one action; errors reach the caller as one-line Flight errors."""
+        kind = action.type
+        body = action.body.to_pybytes() if action.body is not None else b""
+        try:
+            if kind == "hello":
+                yield flight.Result(self._hello().to_bytes())
+            elif kind == "run_task":
+                yield flight.Result(self._run_task(body))
+            elif kind == "release":
+                self.store.release(check_query_id(body.decode("utf-8", "replace")))
+                yield flight.Result(b"ok")
+            else:
+                raise flight.FlightUnimplementedError(f"unknown action {kind!r}: this worker knows {sorted(ACTIONS)}")
+        except flight.FlightError:
+            raise
+        except FlowError as exc:
+            log.warning("action %s failed: %s", kind, exc)
+            raise remote_error(exc) from exc
+        except Exception as exc:
+            log.exception("action %s failed", kind)
+            raise remote_error(exc) from exc
+
+    def _hello(self) -> PeerInfo:
+        return PeerInfo(
+            name=self.name,
+            address=self.address,
+            version=__version__,
+            datafusion_version=datafusion.__version__,
+            host_id=host_id(),
+            hash_digest=hash_digest(),
+            peers=self.peers,
+        )
+
+    def _run_task(self, body: bytes) -> bytes:
+        spec = TaskSpec.from_bytes(body)
+        check_query_id(spec.query_id)
+        task_dir = self.store.task_dir(spec.query_id, spec.stage, spec.task)
+        log.debug("query=%s stage=%d task=%d starting", spec.query_id, spec.stage, spec.task)
+        result = self.runner.run(spec, task_dir)
+        with self._lock:
+            self.tasks_run += 1
+        return result.to_bytes()
+
+    # ----------------------------------------------------------------- data
+    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
+        """Stream one output partition (ticket: msgpack OutputRef)."""
+        try:
+            ref = OutputRef.from_bytes(ticket.ticket)
+            path = self.store.output_path(ref)
+        except ProtocolError as exc:
+            raise flight.FlightServerError(f"ProtocolError: bad ticket: {exc}") from exc
+        if not path.exists():
+            raise flight.FlightServerError(
+                f"ProtocolError: no output for query {ref.query_id} stage {ref.stage} task {ref.task} "
+                f"partition {ref.partition} (released, or never written)"
+            )
+        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        return flight.RecordBatchStream(table)
+
+    def close_all(self) -> None:
+        """Stop serving and remove the work dir."""
+        self.shutdown()
+        self.pool.close()
+        self.runner.fetchers.shutdown(wait=False, cancel_futures=True)
+        self.store.destroy()

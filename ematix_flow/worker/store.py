@@ -1,0 +1,47 @@
+"""The worker's work dir: everything it holds for a query lives under ``<work dir>/<query id>/``."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from ematix_flow.errors import ProtocolError
+from ematix_flow.transport.messages import OutputRef
+
+_QUERY_ID = re.compile(r"^[0-9a-f]{8,64}$")
+
+
+def check_query_id(query_id: str) -> str:
+    """A query id is lowercase hex: it names a directory, so nothing else is accepted."""
+    if not isinstance(query_id, str) or not _QUERY_ID.match(query_id):
+        raise ProtocolError(f"invalid query id {query_id!r}")
+    return query_id
+
+
+class WorkStore:
+    """Paths of a worker's task inputs and outputs, namespaced by query id."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def task_dir(self, query_id: str, stage: int, task: int) -> Path:
+        """Directory of one task (its fetched inputs and its outputs)."""
+        return self.root / check_query_id(query_id) / f"s{int(stage)}-t{int(task)}"
+
+    def output_path(self, ref: OutputRef) -> Path:
+        """The IPC file of one output partition."""
+        return self.task_dir(ref.query_id, ref.stage, ref.task) / "out" / f"p{int(ref.partition):05d}.arrow"
+
+    def release(self, query_id: str) -> None:
+        """Remove every file held for a query."""
+        shutil.rmtree(self.root / check_query_id(query_id), ignore_errors=True)
+
+    def queries(self) -> list[str]:
+        """Ids of the queries with files here."""
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _QUERY_ID.match(p.name))
+
+    def destroy(self) -> None:
+        """Remove the whole work dir."""
+        shutil.rmtree(self.root, ignore_errors=True)
