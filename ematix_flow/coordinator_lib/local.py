@@ -50,7 +50,15 @@ def spawn_worker(
     extra: list[str] | None = None,
 ) -> LocalWorker:
     """Start one ``flow-worker`` on 127.0.0.1 (any port) and wait for its ready line."""
-    cmd = [sys.executable, "-m", "ematix_flow.worker.main", "--listen", "127.0.0.1:0", "--work-dir", str(work_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ematix_flow.worker.main",
+        "--listen",
+        "127.0.0.1:0",
+        "--work-dir",
+        str(work_dir),
+    ]
     cmd += ["--tls-dir", str(tls_dir)] if tls_dir else ["--insecure"]
     cmd += ["--log-level", log_level, *(extra or [])]
     proc = subprocess.Popen(

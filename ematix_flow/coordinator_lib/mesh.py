@@ -105,7 +105,10 @@ class Mesh:
             if tls_dir is not None:
                 init_certs(tls_dir, ["127.0.0.1", "localhost"])
             with ThreadPoolExecutor(max_workers=workers) as ex:
-                futures = [ex.submit(spawn_worker, tls_dir, base / "work", log_level=log_level) for _ in range(workers)]
+                futures = [
+                    ex.submit(spawn_worker, tls_dir, base / "work", log_level=log_level)
+                    for _ in range(workers)
+                ]
                 for f in futures:
                     try:
                         spawned.append(f.result())
@@ -132,8 +135,8 @@ class Mesh:
             if info.hash_digest != mine or info.datafusion_version != datafusion.__version__:
                 raise PeerMismatchError(
                     f"peer {p} partitions data differently (datafusion {info.datafusion_version}, digest "
-                    f"{info.hash_digest}; here {datafusion.__version__}, {mine}): install the same ematix-flow "
-                    "and datafusion on every peer"
+                    f"{info.hash_digest}; here {datafusion.__version__}, {mine}): "
+                    "install the same ematix-flow and datafusion on every peer"
                 )
         return infos
 
@@ -248,7 +251,9 @@ class Mesh:
             state.set_schema(stage.id, schema_bytes(disk), names)
 
     def _release(self, query_id: str, peers: set[str]) -> None:
-        futures = [self._executor.submit(self._pool.action, p, "release", query_id.encode(), 10.0) for p in peers]
+        futures = [
+            self._executor.submit(self._pool.action, p, "release", query_id.encode(), 10.0) for p in peers
+        ]
         for f in futures:
             try:
                 f.result()

@@ -32,7 +32,8 @@ def render_graph(graph: StageGraph, peers: int) -> str:
     for stage in reversed(graph.stages):
         head = f"Stage {stage.id} ({_KIND_TEXT[stage.kind]}"
         if stage.kind != "root":
-            head += f"; {stage.split_partitions} partitions split over up to {min(peers, stage.split_partitions)} tasks"
+            most = min(peers, stage.split_partitions)
+            head += f"; {stage.split_partitions} partitions split over up to {most} tasks"
         if stage.kind == "shuffle":
             head += f" -> {stage.output_partitions} hash partitions"
         head += ")"
@@ -78,7 +79,9 @@ class RunReport:
         return bool(self.peers_used)
 
     def __str__(self) -> str:
-        lines = [f"query {self.query_id}: {self.rows} rows in {self.seconds:.3f}s on {len(self.peers_used)} peers"]
+        lines = [
+            f"query {self.query_id}: {self.rows} rows in {self.seconds:.3f}s on {len(self.peers_used)} peers"
+        ]
         for s in self.stages:
             if not s.tasks:
                 lines.append(f"  stage {s.stage} ({s.kind}): on the submitter")

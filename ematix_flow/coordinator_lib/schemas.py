@@ -50,7 +50,7 @@ def _balanced(text: str, start: int) -> int:
             depth -= 1
             if depth == 0:
                 return i + 1
-    raise PlanningError(f"unbalanced type text: {text[start:start + 60]}")
+    raise PlanningError(f"unbalanced type text: {text[start : start + 60]}")
 
 
 def _type_at(text: str, i: int) -> tuple[pa.DataType, bool, int] | None:
@@ -100,7 +100,7 @@ def parse_schema(text: str) -> pa.Schema:
         while True:
             k = text.find(":", k)
             if k < 0:
-                raise PlanningError(f"cannot parse schema text near: {text[pos:pos + 60]}")
+                raise PlanningError(f"cannot parse schema text near: {text[pos : pos + 60]}")
             got = _type_at(text, k + 1)
             if got and (got[2] == len(text) or text.startswith(", ", got[2])):
                 break

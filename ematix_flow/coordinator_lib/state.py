@@ -116,7 +116,9 @@ class QueryState:
         for t, (parts, sl) in enumerate(slices):
             peer = min(self.peers, key=lambda p: (self.load[p], self._order[p]))
             self.load[peer] += 1
-            spec = TaskSpec(self.query_id, stage.id, t, sl.plan, self._inputs(stage, sl.inputs), self.local_reads)
+            spec = TaskSpec(
+                self.query_id, stage.id, t, sl.plan, self._inputs(stage, sl.inputs), self.local_reads
+            )
             out.append(Assignment(stage.id, t, peer, parts, spec))
         return out
 
@@ -135,7 +137,9 @@ class QueryState:
             run.schema, run.names = result.schema, result.names
         out_bytes = sum(o.nbytes for o in result.output_list())
         self.records.append(
-            TaskRecord(a.stage, a.task, a.peer, a.parts, result.rows, result.seconds, result.fetched_bytes, out_bytes)
+            TaskRecord(
+                a.stage, a.task, a.peer, a.parts, result.rows, result.seconds, result.fetched_bytes, out_bytes
+            )
         )
 
     # ------------------------------------------------------------ helpers

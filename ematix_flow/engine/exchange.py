@@ -7,6 +7,7 @@ The scan node is made from a per-schema template, never by registering files in 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -33,10 +34,8 @@ def host_id() -> str:
     """An id of this machine: a consumer with the same id may read a producer's files in place."""
     parts = [socket.gethostname()]
     for p in ("/etc/machine-id", "/proc/sys/kernel/random/boot_id"):
-        try:
+        with contextlib.suppress(OSError):
             parts.append(Path(p).read_text().strip())
-        except OSError:
-            pass
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

@@ -97,7 +97,9 @@ def write_partitions(ctx: SessionContext, plan: ExecutionPlan, out_dir: Path) ->
     return [r for r in results if r is not None]
 
 
-def stream_partitions(ctx: SessionContext, plan: ExecutionPlan, capacity: int = 16) -> Iterator[pa.RecordBatch]:
+def stream_partitions(
+    ctx: SessionContext, plan: ExecutionPlan, capacity: int = 16
+) -> Iterator[pa.RecordBatch]:
     """Yield the batches of every partition of ``plan`` as they come (partitions run concurrently)."""
     n = plan.partition_count
     if n == 1:

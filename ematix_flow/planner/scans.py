@@ -89,7 +89,9 @@ def encode_file_groups(groups: list[list[tuple[str, int]]]) -> list[wire.Field]:
     out = []
     for files in groups:
         pfs = [
-            wire.message(_FILES, wire.encode([wire.message(_PATH, p.lstrip("/").encode()), wire.varint(_SIZE, s)]))
+            wire.message(
+                _FILES, wire.encode([wire.message(_PATH, p.lstrip("/").encode()), wire.varint(_SIZE, s)])
+            )
             for p, s in files
         ]
         out.append(wire.message(_FILE_GROUPS, wire.encode(pfs)))

@@ -70,10 +70,8 @@ def slice_stage(stage: Stage, parts: Parts) -> TaskSlice:
                     kept.append(visit(child, sub))
                     slots.append(slot)
             return node.with_children(kept, slots)
-        if node.kind == "hash_join" and "mode=CollectLeft" in node.line or node.kind in (
-            "cross_join",
-            "nested_loop_join",
-        ):
+        broadcast = node.kind == "hash_join" and "mode=CollectLeft" in node.line
+        if broadcast or node.kind in ("cross_join", "nested_loop_join"):
             return node.with_children([visit(kids[0], None), visit(kids[1], s)])
         if node.kind == "scalar_subquery":
             return node.with_children([visit(kids[0], s)] + [visit(k, None) for k in kids[1:]])

@@ -94,7 +94,9 @@ def single_task_reason(plan: PlanNode) -> str | None:
     for node in plan.walk():
         if node.kind == "input":
             continue
-        collect = node.kind == "nested_loop_join" or (node.kind == "hash_join" and "mode=CollectLeft" in node.line)
+        collect = node.kind == "nested_loop_join" or (
+            node.kind == "hash_join" and "mode=CollectLeft" in node.line
+        )
         m = _BUILD_PRESERVING.search(node.line) if collect else None
         if m:
             return (

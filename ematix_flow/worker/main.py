@@ -28,11 +28,19 @@ def _split_peers(value: str) -> list[str]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--listen", default="127.0.0.1:50051", show_default=True, help="HOST:PORT to serve on (port 0: any).")
+@click.option(
+    "--listen", default="127.0.0.1:50051", show_default=True, help="HOST:PORT to serve on (port 0: any)."
+)
 @click.option("--peers", default="", help="Other peers of the mesh, comma-separated HOST:PORT.")
-@click.option("--tls-dir", type=click.Path(file_okay=False), envvar="FLOW_TLS_DIR", help="Dir with ca.pem and NAME.pem.")
-@click.option("--tls-name", default="peer", show_default=True, help="Certificate name in --tls-dir (NAME.pem).")
-@click.option("--work-dir", type=click.Path(file_okay=False), help="Where task outputs are kept [a temp dir].")
+@click.option(
+    "--tls-dir", type=click.Path(file_okay=False), envvar="FLOW_TLS_DIR", help="Dir with ca.pem and NAME.pem."
+)
+@click.option(
+    "--tls-name", default="peer", show_default=True, help="Certificate name in --tls-dir (NAME.pem)."
+)
+@click.option(
+    "--work-dir", type=click.Path(file_okay=False), help="Where task outputs are kept [a temp dir]."
+)
 @click.option("--insecure", is_flag=True, help="Serve plaintext gRPC without TLS (testing only).")
 @click.option(
     "--log-level",
@@ -75,7 +83,9 @@ def worker(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     scheme = "grpc" if insecure else "grpc+tls"
-    click.echo(f"flow-worker ready on {scheme}://{server.address} (name {server.name}, work dir {server.store.root})")
+    click.echo(
+        f"flow-worker ready on {scheme}://{server.address} (name {server.name}, work dir {server.store.root})"
+    )
     sys.stdout.flush()
     while not stop.wait(0.5):
         pass

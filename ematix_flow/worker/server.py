@@ -74,7 +74,9 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
                 self.store.release(check_query_id(body.decode("utf-8", "replace")))
                 yield flight.Result(b"ok")
             else:
-                raise flight.FlightUnimplementedError(f"unknown action {kind!r}: this worker knows {sorted(ACTIONS)}")
+                raise flight.FlightUnimplementedError(
+                    f"unknown action {kind!r}: this worker knows {sorted(ACTIONS)}"
+                )
         except flight.FlightError:
             raise
         except FlowError as exc:

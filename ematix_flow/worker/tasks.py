@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 class TaskRunner:
     """Turns a TaskSpec into a runnable plan, and runs it: shared by workers and submitters."""
 
-    def __init__(self, ctx: SessionContext, pool: ClientPool, scratch: Path, fetch_timeout: float | None) -> None:
+    def __init__(
+        self, ctx: SessionContext, pool: ClientPool, scratch: Path, fetch_timeout: float | None
+    ) -> None:
         self.ctx = ctx
         self.pool = pool
         self.templates = ScanTemplates(scratch / "_templates")
@@ -73,7 +75,9 @@ class TaskRunner:
             disk = pa.schema([f.with_name(n) for f, n in zip(schema, unique_names(names), strict=True)])
             disk_schema = schema_bytes(disk)
         outputs = [
-            {"partition": p.partition, "rows": p.rows, "nbytes": p.nbytes, "path": p.path} for p in parts if p.rows
+            {"partition": p.partition, "rows": p.rows, "nbytes": p.nbytes, "path": p.path}
+            for p in parts
+            if p.rows
         ]
         seconds = time.perf_counter() - t0
         rows = sum(p.rows for p in parts)

@@ -1,0 +1,240 @@
+"""``flow sql`` and ``flow explain``: run or explain a query on a mesh."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+import click
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from ematix_flow.cli.tables import register_all
+from ematix_flow.coordinator_lib.mesh import Mesh
+from ematix_flow.errors import ConfigError
+from ematix_flow.transport.tls import TLSConfig
+
+
+def mesh_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The flags that say which mesh to use and which tables to register."""
+    options = [
+        click.option("--peers", help="Peers of the mesh, comma-separated HOST:PORT."),
+        click.option(
+            "--tls-dir",
+            type=click.Path(file_okay=False),
+            envvar="FLOW_TLS_DIR",
+            help="Dir with ca.pem, NAME.pem.",
+        ),
+        click.option(
+            "--tls-name", default="peer", show_default=True, help="Client certificate name in --tls-dir."
+        ),
+        click.option("--insecure", is_flag=True, help="Talk plaintext to peers started with --insecure."),
+        click.option(
+            "--local", "local", type=int, help="Start N local peers for this command instead of --peers."
+        ),
+        click.option(
+            "--table", "tables", multiple=True, metavar="NAME=PATH", help="Register a table (repeatable)."
+        ),
+        click.option(
+            "--tables-dir", type=click.Path(), help="Register every Parquet/CSV/JSON file or folder in DIR."
+        ),
+        click.option("--partitions", type=int, help="Shuffle width [2 x peers, at least 4]."),
+        click.option(
+            "--file", "-f", "sql_file", type=click.File("r"), help="Read the SQL from a file ('-': stdin)."
+        ),
+        click.argument("query", required=False),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _query_text(query: str | None, sql_file: TextIO | None) -> str:
+    if query and sql_file:
+        raise ConfigError("give the SQL either as an argument or with --file, not both")
+    text = sql_file.read() if sql_file else query
+    if not text or not text.strip():
+        raise ConfigError('no SQL given: flow sql --local 3 --table t=data.parquet "SELECT count(*) FROM t"')
+    return text.strip().rstrip(";")
+
+
+def open_mesh(
+    peers: str | None, tls_dir: str | None, tls_name: str, insecure: bool, local: int | None, **kw: Any
+) -> Mesh:
+    """The Mesh the flags name."""
+    kw = {k: v for k, v in kw.items() if v is not None}
+    if local is not None and peers:
+        raise ConfigError("use either --local N or --peers, not both")
+    if local is not None:
+        return Mesh.local(workers=local, insecure=insecure, **kw)
+    if not peers:
+        raise ConfigError("no mesh given: pass --peers HOST:PORT,... with --tls-dir DIR, or --local N")
+    tls = None
+    if not insecure:
+        if not tls_dir:
+            raise ConfigError("--peers needs --tls-dir DIR (mutual TLS), or --insecure for plaintext peers")
+        tls = TLSConfig.from_dir(tls_dir, tls_name)
+    return Mesh([p for p in peers.split(",") if p.strip()], tls, insecure=insecure, **kw)
+
+
+@click.command()
+@mesh_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json", "parquet"]),
+    default="table",
+    show_default=True,
+    help="Output format (parquet needs --output).",
+)
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False), help="Write the result to FILE instead of stdout."
+)
+@click.option("--max-rows", type=int, default=100, show_default=True, help="Rows shown by --format table.")
+@click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
+def sql(
+    peers: str | None,
+    tls_dir: str | None,
+    tls_name: str,
+    insecure: bool,
+    local: int | None,
+    tables: tuple[str, ...],
+    tables_dir: str | None,
+    partitions: int | None,
+    sql_file: TextIO | None,
+    query: str | None,
+    fmt: str,
+    output: str | None,
+    max_rows: int,
+    quiet: bool,
+) -> None:
+    """Run a SQL query on the mesh and print or save the result.
+
+    \b
+    Examples:
+      flow sql --local 3 --table lineitem=data/tpch-sf0.1/lineitem.parquet "SELECT count(*) FROM lineitem"
+      flow sql --peers 10.0.0.5:50051,10.0.0.6:50051 --tls-dir certs --tables-dir data -f q.sql --format csv
+    """  # noqa: D301
+    text = _query_text(query, sql_file)
+    if fmt == "parquet" and not output:
+        raise ConfigError("--format parquet needs --output FILE")
+    t0 = time.perf_counter()
+    with open_mesh(peers, tls_dir, tls_name, insecure, local, partitions=partitions) as mesh:
+        register_all(mesh, tables, tables_dir)
+        rows = _write(mesh.sql_batches(text), fmt, output, max_rows, lambda: mesh.sql(text))
+        if not quiet:
+            run = mesh.last_run
+            where = f"on {len(run.peers_used)} peers" if run and run.distributed else "on the submitter"
+            click.echo(f"{rows} rows in {time.perf_counter() - t0:.2f}s ({where})", err=True)
+
+
+def _write(
+    batches: Iterator[pa.RecordBatch],
+    fmt: str,
+    output: str | None,
+    max_rows: int,
+    whole: Callable[[], pa.Table],
+) -> int:
+    """Write the result in ``fmt``; returns the row count. Streams every format but ``table``."""
+    if fmt == "table":
+        table = _collect(batches)
+        text = format_table(table, max_rows)
+        if output:
+            Path(output).write_text(text + "\n")
+        else:
+            click.echo(text)
+        return int(table.num_rows)
+    if fmt == "json":
+        sink: TextIO = open(output, "w") if output else sys.stdout  # noqa: SIM115
+        rows = 0
+        try:
+            for b in batches:
+                for rec in b.to_pylist():
+                    sink.write(json.dumps(rec, default=str) + "\n")
+                rows += b.num_rows
+        finally:
+            if output:
+                sink.close()
+        return rows
+    binary: BinaryIO = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
+    writer: Any = None
+    rows = 0
+    try:
+        for b in batches:
+            if writer is None:
+                writer = (
+                    pacsv.CSVWriter(binary, b.schema) if fmt == "csv" else pq.ParquetWriter(binary, b.schema)
+                )
+            writer.write(b) if fmt == "csv" else writer.write_batch(b)
+            rows += b.num_rows
+        if writer is None:  # no rows: still write a header / an empty file with the schema
+            empty = whole()
+            writer = (
+                pacsv.CSVWriter(binary, empty.schema)
+                if fmt == "csv"
+                else pq.ParquetWriter(binary, empty.schema)
+            )
+    finally:
+        if writer is not None:
+            writer.close()
+        if output:
+            binary.close()
+        else:
+            binary.flush()
+    return rows
+
+
+def _collect(batches: Iterator[pa.RecordBatch]) -> pa.Table:
+    got = list(batches)
+    return pa.Table.from_batches(got) if got else pa.table({})
+
+
+def format_table(table: pa.Table, max_rows: int) -> str:
+    """A plain aligned text table (first ``max_rows`` rows)."""
+    names = table.column_names
+    if not names:
+        return "(no rows)"
+    shown = table.slice(0, max_rows).to_pylist()
+    cells = [[_cell(r[n]) for n in names] for r in shown]
+    widths = [max([len(n)] + [len(row[i]) for row in cells]) for i, n in enumerate(names)]
+    line = "+".join("-" * (w + 2) for w in widths)
+    out = [" | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)), line]
+    out += [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    if table.num_rows > max_rows:
+        out.append(f"... {table.num_rows - max_rows} more rows (use --max-rows or --output)")
+    return "\n".join(out)
+
+
+def _cell(value: object) -> str:
+    return "NULL" if value is None else str(value)
+
+
+@click.command()
+@mesh_options
+def explain(
+    peers: str | None,
+    tls_dir: str | None,
+    tls_name: str,
+    insecure: bool,
+    local: int | None,
+    tables: tuple[str, ...],
+    tables_dir: str | None,
+    partitions: int | None,
+    sql_file: TextIO | None,
+    query: str | None,
+) -> None:
+    """Print the stage graph a query would run as (stages, exchanges, splits).
+
+    \b
+    Example:
+      flow explain --local 3 --tables-dir data/tpch-sf0.1 -f bench/tpch/queries/q05.sql
+    """  # noqa: D301
+    text = _query_text(query, sql_file)
+    with open_mesh(peers, tls_dir, tls_name, insecure, local, partitions=partitions) as mesh:
+        register_all(mesh, tables, tables_dir)
+        click.echo(mesh.explain(text))
