@@ -97,6 +97,7 @@ def open_mesh(
 )
 @click.option("--max-rows", type=int, default=100, show_default=True, help="Rows shown by --format table.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
+@click.option("--report", is_flag=True, help="Print which stages ran where (tasks, peers, rows) on stderr.")
 def sql(
     peers: str | None,
     tls_dir: str | None,
@@ -112,6 +113,7 @@ def sql(
     output: str | None,
     max_rows: int,
     quiet: bool,
+    report: bool,
 ) -> None:
     """Run a SQL query on the mesh and print or save the result.
 
@@ -127,6 +129,8 @@ def sql(
     with open_mesh(peers, tls_dir, tls_name, insecure, local, partitions=partitions) as mesh:
         register_all(mesh, tables, tables_dir)
         rows = _write(mesh.sql_batches(text), fmt, output, max_rows, lambda: mesh.sql(text))
+        if report and mesh.last_run:
+            click.echo(str(mesh.last_run), err=True)
         if not quiet:
             run = mesh.last_run
             where = f"on {len(run.peers_used)} peers" if run and run.distributed else "on the submitter"

@@ -57,8 +57,12 @@ class Mesh:
         local_reads: bool = True,
         connect_timeout: float = 5.0,
         task_timeout: float | None = None,
+        settings: dict[str, str] | None = None,
     ) -> None:
-        """Connect to ``peers`` ("host:port") over mutual TLS (``insecure=True``: plaintext)."""
+        """Connect to ``peers`` ("host:port") over mutual TLS (``insecure=True``: plaintext).
+
+        ``settings`` are DataFusion settings for the planning context (they override ours).
+        """
         self.peers = [p.strip() for p in peers if p.strip()]
         if not self.peers:
             raise ConfigError("no peers given: pass at least one HOST:PORT (or use Mesh.local)")
@@ -74,7 +78,7 @@ class Mesh:
         self._owned_dir: Path | None = None
         self._pool = ClientPool(tls)
         self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="flow-task")
-        self._ctx = planning_context(self.partitions)
+        self._ctx = planning_context(self.partitions, settings)
         self._scratch = Path(tempfile.mkdtemp(prefix="flow-submit-"))
         self._runner = TaskRunner(execution_context(), self._pool, self._scratch, fetch_timeout=task_timeout)
         self._queries = 0

@@ -34,9 +34,9 @@ def execution_context(target_partitions: int | None = None) -> SessionContext:
     return SessionContext(config)
 
 
-def planning_context(partitions: int) -> SessionContext:
-    """A context that plans for the mesh: ``partitions`` is the shuffle width."""
+def planning_context(partitions: int, settings: dict[str, str] | None = None) -> SessionContext:
+    """A context that plans for the mesh: ``partitions`` is the shuffle width; ``settings`` override."""
     config = SessionConfig().with_target_partitions(partitions).with_information_schema(True)
-    for key, value in PLANNING_SETTINGS.items():
+    for key, value in {**PLANNING_SETTINGS, **(settings or {})}.items():
         config = config.set(key, value)
     return SessionContext(config)

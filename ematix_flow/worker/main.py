@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ematix_flow.engine.digest import hash_digest
 from ematix_flow.errors import ConfigError, FlowError
 from ematix_flow.transport.tls import TLSConfig
 
@@ -110,6 +111,7 @@ def _start(
         )
     if insecure and tls:
         raise ConfigError("--insecure and --tls-dir are mutually exclusive")
+    hash_digest()  # computed once before serving: every hello answers it
     base = Path(work_dir) if work_dir else Path(tempfile.gettempdir())
     root = Path(tempfile.mkdtemp(prefix=f"flow-worker-{os.getpid()}-", dir=_ensure(base)))
     return WorkerServer(listen, tls=tls, work_dir=root, peers=_split_peers(peers))
