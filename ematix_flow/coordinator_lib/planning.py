@@ -38,12 +38,19 @@ def node_infos(plan: ExecutionPlan) -> list[NodeInfo]:
     return out
 
 
-def _sql_error(exc: Exception) -> QueryError:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
+def one_line(text: str) -> str:
+    """DataFusion's multi-line error text as one line: the error and its root cause."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and ln.strip() != "caused by"]
+    if not lines:
+        return "unknown error"
+    line = lines[0] if len(lines) == 1 else f"{lines[0]}: {lines[-1]}" if "caused by" in text else " ".join(lines)
     for prefix in ("DataFusion error: ", "Error during planning: "):
         line = line.replace(prefix, "")
-    return QueryError(f"invalid query: {line}")
+    return line[:400]
+
+
+def _sql_error(exc: Exception) -> QueryError:
+    return QueryError(f"invalid query: {one_line(str(exc)) or type(exc).__name__}")
 
 
 def dataframe(ctx: SessionContext, sql: str) -> DataFrame:
