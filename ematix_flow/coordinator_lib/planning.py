@@ -43,7 +43,10 @@ def one_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and ln.strip() != "caused by"]
     if not lines:
         return "unknown error"
-    line = lines[0] if len(lines) == 1 else f"{lines[0]}: {lines[-1]}" if "caused by" in text else " ".join(lines)
+    if len(lines) > 1 and "caused by" in text:
+        line = f"{lines[0]}: {lines[-1]}"
+    else:
+        line = " ".join(lines)
     for prefix in ("DataFusion error: ", "Error during planning: "):
         line = line.replace(prefix, "")
     return line[:400]

@@ -1,0 +1,176 @@
+"""Helpers shared by the test modules: polling with a deadline, console scripts, worker processes."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ematix_flow import Mesh
+from ematix_flow.coordinator_lib.local import LocalWorker, spawn_worker
+
+HOSTS = ["127.0.0.1", "localhost"]
+TASK_TIMEOUT = 120.0  # seconds: every Flight call a test mesh makes is bounded
+BIN_DIR = Path(sys.executable).parent
+READY = re.compile(r"flow-worker ready on (grpc(?:\+tls)?)://(127\.0\.0\.1:\d+) .*work dir (\S+)\)")
+#: Query directories a worker keeps under its work dir (lowercase hex query ids, see worker/store.py).
+QUERY_DIR = re.compile(r"^[0-9a-f]{8,64}$")
+
+
+def poll(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)  # the poll interval, bounded by the deadline above
+    return True
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail the test with ``what`` when ``timeout`` passes."""
+    if not poll(condition, timeout):
+        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def executable(name: str) -> str:
+    """The console script ``name`` installed next to this interpreter."""
+    found = shutil.which(name, path=str(BIN_DIR))
+    assert found is not None, f"{name} is not installed in {BIN_DIR}"
+    return found
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process: no inherited FLOW_TLS_DIR, unbuffered output."""
+    env = {k: v for k, v in os.environ.items() if k != "FLOW_TLS_DIR"}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def query_dirs(work_root: Path) -> list[Path]:
+    """Query directories held by every worker whose work dir lives under ``work_root``."""
+    return sorted(
+        p
+        for w in work_root.glob("flow-worker-*")
+        if w.is_dir()
+        for p in w.iterdir()
+        if QUERY_DIR.match(p.name)
+    )
+
+
+@dataclass
+class WorkerProcess:
+    """A ``flow-worker`` started by a test."""
+
+    process: subprocess.Popen[str]
+    scheme: str
+    address: str
+    work_dir: Path
+    ready_line: str
+
+
+@contextmanager
+def flow_worker(
+    args: list[str], *, timeout: float = 30.0, env: dict[str, str] | None = None
+) -> Iterator[WorkerProcess]:
+    """Run ``flow-worker ARGS`` until its ready line; always stopped (SIGTERM, then SIGKILL) on exit."""
+    proc = subprocess.Popen(
+        [executable("flow-worker"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or clean_env(),
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"flow-worker printed no ready line within {timeout:.0f}s")
+            try:
+                line = lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                err = proc.stderr.read() if proc.stderr else ""
+                pytest.fail(f"flow-worker exited before it was ready: {err.strip()[-500:]}")
+            m = READY.search(line)
+            if m:
+                break
+        yield WorkerProcess(proc, m.group(1), m.group(2), Path(m.group(3)), line.strip())
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def close_pipes(process: subprocess.Popen[str]) -> None:
+    """Close a stopped child's stdout/stderr (``LocalWorker.stop`` leaves them open: see test_worker)."""
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+
+
+@contextmanager
+def local_mesh(**options: Any) -> Iterator[Mesh]:
+    """``Mesh.local(**options)``, closed on exit, with its workers' pipes closed too."""
+    mesh = Mesh.local(**{"task_timeout": TASK_TIMEOUT, **options})
+    workers = list(mesh.workers)
+    try:
+        yield mesh
+    finally:
+        mesh.close()
+        for w in workers:
+            close_pipes(w.process)
+
+
+@contextmanager
+def spawned_workers(count: int, tls_dir: Path | None, work_dir: Path) -> Iterator[list[LocalWorker]]:
+    """``count`` workers from ``spawn_worker`` (started in parallel), stopped and closed on exit."""
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        futures = [pool.submit(spawn_worker, tls_dir, work_dir) for _ in range(count)]
+    workers: list[LocalWorker] = []
+    errors: list[BaseException] = []
+    for f in futures:
+        try:
+            workers.append(f.result())
+        except Exception as exc:
+            errors.append(exc)
+    try:
+        if errors:
+            raise errors[0]
+        yield workers
+    finally:
+        for w in workers:
+            w.stop()
+            close_pipes(w.process)
