@@ -6,6 +6,7 @@ import datetime as dt
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +17,16 @@ import pytest
 from datafusion import SessionConfig, SessionContext
 from support import TASK_TIMEOUT, local_mesh, poll, query_dirs, spawned_workers, wait_until
 
-from ematix_flow import ConfigError, FlowError, Mesh, QueryError, TaskFailedError, TLSConfig, tpch
+from ematix_flow import (
+    ConfigError,
+    FlowError,
+    Mesh,
+    PeerUnreachableError,
+    QueryError,
+    TaskFailedError,
+    TLSConfig,
+    tpch,
+)
 from ematix_flow.compare import compare_tables, query_is_ordered
 from ematix_flow.coordinator_lib.local import LocalWorker
 from ematix_flow.coordinator_lib.planning import plan_query
@@ -325,6 +335,22 @@ def test_closing_the_mesh_releases_an_unfinished_stream(
         finally:
             pool.close()
     assert problems == []
+
+
+def test_dead_peer_fails_the_query_fast(certs_dir: Path, tpch_data: Path, tmp_path: Path) -> None:
+    with spawned_workers(2, certs_dir, tmp_path) as pair:
+        tls = TLSConfig.from_dir(certs_dir)
+        with Mesh([w.address for w in pair], tls, min_task_bytes=1, task_timeout=TASK_TIMEOUT) as m:
+            m.register_parquet("lineitem", tpch_data / "lineitem.parquet")
+            assert m.sql(GROUP_BY_LINEITEM).num_rows == 4
+            dead = pair[1]
+            dead.process.kill()
+            dead.process.wait(10)
+            started = time.monotonic()
+            with pytest.raises(PeerUnreachableError, match=dead.address):
+                m.sql(GROUP_BY_LINEITEM)
+            assert time.monotonic() - started < 15
+            wait_until(lambda: not query_dirs(tmp_path), 10, "the live peer to release the failed query")
 
 
 def test_explain_names_every_stage(mesh: Mesh, tpch_data: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,17 +69,17 @@ EXTRA_SHAPES = {
 
 
 @pytest.fixture(scope="module")
-def ctx(planning_ctx: SessionContext, tmp_path_factory: pytest.TempPathFactory) -> SessionContext:
+def ctx(planning_ctx: SessionContext, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionContext]:
     """The session's planning context, plus two tiny text tables."""
     base = tmp_path_factory.mktemp("text-tables")
     (base / "t.csv").write_text("a,b\n1,x\n2,y\n3,x\n")
     (base / "t.json").write_text('{"a": 1, "b": "x"}\n{"a": 2, "b": "y"}\n')
-    for name in ("small_csv", "small_json"):
-        if planning_ctx.table_exist(name):
-            planning_ctx.deregister_table(name)
     planning_ctx.register_csv("small_csv", str(base / "t.csv"))
     planning_ctx.register_json("small_json", str(base / "t.json"))
-    return planning_ctx
+    yield planning_ctx
+    for name in ("small_csv", "small_json"):
+        planning_ctx.deregister_table(name)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _physical(ctx: SessionContext, sql: str) -> ExecutionPlan:
