@@ -103,7 +103,7 @@ def test_parse_schema(text: str, expected: pa.Schema) -> None:
         "a:NotAType",
         "a:Int64, b",
         # a type the parser does not know must fail, not be folded into the next field's name
-        'a:Struct("x": Int64), b:Int64',
+        'a:RunEndEncoded("run_ends": Int32), b:Int64',
         "a:Decimal128(10, 2",
     ],
 )
