@@ -135,7 +135,7 @@ def flow_worker(
 
 
 def close_pipes(process: subprocess.Popen[str]) -> None:
-    """Close a stopped child's stdout/stderr (``LocalWorker.stop`` leaves them open: see test_worker)."""
+    """Close a stopped child's stdout/stderr (``LocalWorker.stop`` does; a safety net for its own test)."""
     for stream in (process.stdout, process.stderr):
         if stream is not None:
             stream.close()
@@ -143,20 +143,14 @@ def close_pipes(process: subprocess.Popen[str]) -> None:
 
 @contextmanager
 def local_mesh(**options: Any) -> Iterator[Mesh]:
-    """``Mesh.local(**options)``, closed on exit, with its workers' pipes closed too."""
-    mesh = Mesh.local(**{"task_timeout": TASK_TIMEOUT, **options})
-    workers = list(mesh.workers)
-    try:
+    """``Mesh.local(**options)`` with every call bounded by ``TASK_TIMEOUT``, closed on exit."""
+    with Mesh.local(**{"task_timeout": TASK_TIMEOUT, **options}) as mesh:
         yield mesh
-    finally:
-        mesh.close()
-        for w in workers:
-            close_pipes(w.process)
 
 
 @contextmanager
 def spawned_workers(count: int, tls_dir: Path | None, work_dir: Path) -> Iterator[list[LocalWorker]]:
-    """``count`` workers from ``spawn_worker`` (started in parallel), stopped and closed on exit."""
+    """``count`` workers from ``spawn_worker`` (started in parallel), stopped on exit."""
     with ThreadPoolExecutor(max_workers=count) as pool:
         futures = [pool.submit(spawn_worker, tls_dir, work_dir) for _ in range(count)]
     workers: list[LocalWorker] = []
@@ -173,4 +167,3 @@ def spawned_workers(count: int, tls_dir: Path | None, work_dir: Path) -> Iterato
     finally:
         for w in workers:
             w.stop()
-            close_pipes(w.process)

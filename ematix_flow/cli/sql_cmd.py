@@ -168,21 +168,19 @@ def _write(
     binary: BinaryIO = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
     writer: Any = None
     rows = 0
+
+    def open_writer(schema: pa.Schema) -> Any:
+        return pacsv.CSVWriter(binary, schema) if fmt == "csv" else pq.ParquetWriter(binary, schema)
+
     try:
         for b in batches:
+            plain = b.cast(_plain_schema(b.schema))
             if writer is None:
-                writer = (
-                    pacsv.CSVWriter(binary, b.schema) if fmt == "csv" else pq.ParquetWriter(binary, b.schema)
-                )
-            writer.write(b) if fmt == "csv" else writer.write_batch(b)
+                writer = open_writer(plain.schema)
+            writer.write(plain) if fmt == "csv" else writer.write_batch(plain)
             rows += b.num_rows
         if writer is None:  # no rows: still write a header / an empty file with the schema
-            empty = whole()
-            writer = (
-                pacsv.CSVWriter(binary, empty.schema)
-                if fmt == "csv"
-                else pq.ParquetWriter(binary, empty.schema)
-            )
+            writer = open_writer(_plain_schema(whole().schema))
     finally:
         if writer is not None:
             writer.close()
@@ -191,6 +189,30 @@ def _write(
         else:
             binary.flush()
     return rows
+
+
+def _plain_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with string_view / binary_view (also inside lists and structs) as string / binary.
+
+    DataFusion reads every Parquet string as a view type, which the CSV writer rejects and older
+    Parquet readers do not know.
+    """
+    return pa.schema([_plain_field(f) for f in schema], metadata=schema.metadata)
+
+
+def _plain_field(f: pa.Field) -> pa.Field:
+    t = f.type
+    if pa.types.is_string_view(t):
+        return f.with_type(pa.string())
+    if pa.types.is_binary_view(t):
+        return f.with_type(pa.binary())
+    if pa.types.is_list(t):
+        return f.with_type(pa.list_(_plain_field(t.value_field)))
+    if pa.types.is_large_list(t):
+        return f.with_type(pa.large_list(_plain_field(t.value_field)))
+    if pa.types.is_struct(t):
+        return f.with_type(pa.struct([_plain_field(t.field(i)) for i in range(t.num_fields)]))
+    return f
 
 
 def _collect(batches: Iterator[pa.RecordBatch]) -> pa.Table:

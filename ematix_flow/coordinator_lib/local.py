@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from ematix_flow.errors import PeerUnreachableError
 
@@ -24,14 +25,21 @@ class LocalWorker:
     process: subprocess.Popen[str]
     address: str
     log: list[str] = field(default_factory=list)
+    _readers: list[threading.Thread] = field(default_factory=list, init=False, repr=False)
 
     @property
     def pid(self) -> int:
         """The worker's process id."""
         return self.process.pid
 
+    def collect(self, stream: IO[str]) -> None:
+        """Keep the last lines of one of the worker's pipes in ``log`` (a thread, until it closes)."""
+        reader = threading.Thread(target=_collect, args=(stream, self.log), daemon=True)
+        reader.start()
+        self._readers.append(reader)
+
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL if it does not exit in time."""
+        """SIGTERM, then SIGKILL if it does not exit in time; then close its pipes."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -39,6 +47,11 @@ class LocalWorker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout)
+        for reader in self._readers:  # the process exited: its pipes are at their end
+            reader.join(timeout)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def spawn_worker(
@@ -70,8 +83,7 @@ def spawn_worker(
     )
     assert proc.stdout is not None and proc.stderr is not None
     worker = LocalWorker(proc, "")
-    errors: list[str] = worker.log
-    threading.Thread(target=_collect, args=(proc.stderr, errors), daemon=True).start()
+    worker.collect(proc.stderr)
     deadline = time.monotonic() + timeout
     line = ""
     while time.monotonic() < deadline:
@@ -81,15 +93,15 @@ def spawn_worker(
         m = _READY.search(line)
         if m:
             worker.address = m.group(1)
-            threading.Thread(target=_collect, args=(proc.stdout, errors), daemon=True).start()
+            worker.collect(proc.stdout)
             return worker
     worker.stop()
-    tail = " / ".join(errors[-3:]) or line.strip() or "no output"
+    tail = " / ".join(worker.log[-3:]) or line.strip() or "no output"
     raise PeerUnreachableError(f"local flow-worker did not start: {tail}")
 
 
-def _collect(stream: object, sink: list[str]) -> None:
+def _collect(stream: IO[str], sink: list[str]) -> None:
     with contextlib.suppress(ValueError, OSError):
-        for line in stream:  # type: ignore[attr-defined]
+        for line in stream:
             sink.append(line.rstrip())
             del sink[:-200]

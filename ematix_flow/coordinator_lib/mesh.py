@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from types import TracebackType
@@ -82,6 +82,7 @@ class Mesh:
         self._scratch = Path(tempfile.mkdtemp(prefix="flow-submit-"))
         self._runner = TaskRunner(execution_context(), self._pool, self._scratch, fetch_timeout=task_timeout)
         self._queries = 0
+        self._open: dict[str, set[str]] = {}  # query id -> peers that may hold its files
         try:
             self.peer_info = self._hello(connect_timeout)
         except BaseException:
@@ -187,11 +188,14 @@ class Mesh:
             return schema[0].empty_table()
         return pa.Table.from_batches(batches, schema=batches[0].schema)
 
-    def sql_batches(self, sql: str) -> Iterator[pa.RecordBatch]:
-        """Run ``sql`` on the mesh and yield the result batch by batch."""
+    def sql_batches(self, sql: str) -> Generator[pa.RecordBatch, None, None]:
+        """Run ``sql`` on the mesh and yield the result batch by batch.
+
+        Close the generator (or the Mesh) to stop early: either releases the query's files on the peers.
+        """
         return self._batches(sql, [])
 
-    def _batches(self, sql: str, schema_out: list[pa.Schema]) -> Iterator[pa.RecordBatch]:
+    def _batches(self, sql: str, schema_out: list[pa.Schema]) -> Generator[pa.RecordBatch, None, None]:
         planned = plan_query(self._ctx, sql)
         schema_out.append(planned.logical_schema)
         query_id = uuid.uuid4().hex
@@ -205,6 +209,7 @@ class Mesh:
             offset=self._queries,
         )
         report = RunReport(query_id, sql, [StageReport(s.id, s.kind) for s in planned.graph.stages])
+        self._open[query_id] = set(self.peers)
         t0 = time.perf_counter()
         try:
             self._run_stages(state, planned)
@@ -219,7 +224,7 @@ class Mesh:
                 report.stages[rec.stage].tasks.append(rec)
             report.seconds = time.perf_counter() - t0
             self.last_run = report
-            self._release(query_id, set(state.load))
+            self._release(query_id)
 
     def _run_stages(self, state: QueryState, planned: PlannedQuery) -> None:
         running: dict[Future[bytes], Assignment] = {}
@@ -254,7 +259,11 @@ class Mesh:
             disk = pa.schema([f.with_name(n) for f, n in zip(schema, unique_names(names), strict=True)])
             state.set_schema(stage.id, schema_bytes(disk), names)
 
-    def _release(self, query_id: str, peers: set[str]) -> None:
+    def _release(self, query_id: str) -> None:
+        """Remove a query's files from its peers; once only (the stream's end or close, first wins)."""
+        peers = self._open.pop(query_id, None)
+        if peers is None:
+            return
         futures = [
             self._executor.submit(self._pool.action, p, "release", query_id.encode(), 10.0) for p in peers
         ]
@@ -267,7 +276,12 @@ class Mesh:
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        """Disconnect; stop the workers this Mesh started and remove their files."""
+        """Disconnect; stop the workers this Mesh started and remove their files.
+
+        Queries whose result stream is still open are released first.
+        """
+        for query_id in list(self._open):
+            self._release(query_id)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._pool.close()
         for w in self.workers:

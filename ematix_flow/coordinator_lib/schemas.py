@@ -243,7 +243,7 @@ def parse_schema(text: str) -> pa.Schema:
                     raise  # a type we cannot read: fail rather than fold it into a name
             k = text.find(":", k + 1)
         if k < 0:
-            raise PlanningError(f"cannot read the schema of an empty stage near {text[pos:pos + 50]!r}")
+            raise PlanningError(f"cannot read the schema of an empty stage near {text[pos : pos + 50]!r}")
         fields.append(pa.field(text[pos:k], dtype, nullable))
         pos = end + 2
     return pa.schema(fields)

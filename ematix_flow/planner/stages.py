@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ematix_flow.planner import wire
-from ematix_flow.planner.nodes import FILE_SCANS, GATHERS, NodeInfo, PlanNode, attach_infos, input_node, parse_tree
+from ematix_flow.planner.nodes import (
+    FILE_SCANS,
+    GATHERS,
+    NodeInfo,
+    PlanNode,
+    attach_infos,
+    input_node,
+    parse_tree,
+)
 
 StageKind = Literal["root", "shuffle", "gather"]
 InputMode = Literal["shuffle", "gather"]
@@ -140,5 +148,7 @@ def build_graph(plan_bytes: bytes, infos: list[NodeInfo]) -> StageGraph:
         # no exchange above the scans (e.g. a plain filter): the peers run it, the submitter only gathers
         top.kind = "gather"
         marker = input_node(0, top.plan.partitions, top.plan.line)
-        stages.append(Stage(len(stages), "root", marker, [StageInput(0, top.id, "gather", top.plan.partitions)]))
+        stages.append(
+            Stage(len(stages), "root", marker, [StageInput(0, top.id, "gather", top.plan.partitions)])
+        )
     return StageGraph(stages)

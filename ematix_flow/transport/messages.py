@@ -6,24 +6,81 @@ Every ``from_bytes`` validates shape and types and raises :class:`ProtocolError`
 
 from __future__ import annotations
 
+import functools
+import types
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import msgpack
 
 from ematix_flow.errors import ProtocolError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 T = TypeVar("T", bound="_Message")
+D = TypeVar("D", bound="DataclassInstance")
+
+
+def _conforms(value: object, hint: Any) -> bool:
+    """Whether a decoded msgpack value has the annotated type (a bool is no int; an int is a float)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return True
+    if origin is Union or origin is types.UnionType:
+        return any(_conforms(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items()
+        )
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, int | float)
+    return isinstance(value, hint)
+
+
+@functools.cache
+def _field_types(cls: type[DataclassInstance]) -> dict[str, Any]:
+    """The resolved annotation of each field of dataclass ``cls``."""
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _build(cls: type[D], raw: object, what: str) -> D:
+    """An instance of dataclass ``cls`` from a decoded map, its field types checked (unknown keys ignored).
+
+    Raises:
+        ProtocolError: ``raw`` is not a map, lacks a field, or a field has the wrong type.
+    """
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"malformed {what}: not a map")
+    hints = _field_types(cls)
+    values = {name: raw[name] for name in hints if name in raw}
+    for name, value in values.items():
+        hint = hints[name]
+        if not _conforms(value, hint):
+            expected = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+            raise ProtocolError(f"malformed {what}: field {name!r} is {type(value).__name__}, not {expected}")
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a missing field
+        raise ProtocolError(f"malformed {what}: {exc}") from exc
 
 
 class _Message:
     """msgpack (de)serialization for a flat dataclass of plain values."""
 
+    if TYPE_CHECKING:
+        __dataclass_fields__: ClassVar[dict[str, Any]]  # every subclass is a dataclass
+
     def to_bytes(self) -> bytes:
         """Pack this message."""
-        return msgpack.packb(asdict(self), use_bin_type=True)  # type: ignore[call-overload,no-any-return]
+        return msgpack.packb(asdict(self), use_bin_type=True)  # type: ignore[no-any-return]
 
     @classmethod
     def from_bytes(cls: type[T], data: bytes) -> T:
@@ -34,17 +91,7 @@ class _Message:
             raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
         except Exception as exc:
             raise ProtocolError(f"malformed {cls.__name__}: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ProtocolError(f"malformed {cls.__name__}: not a map")
-        return cls._from_dict(raw)
-
-    @classmethod
-    def _from_dict(cls: type[T], raw: dict[str, Any]) -> T:
-        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        try:
-            return cls(**{k: v for k, v in raw.items() if k in names})
-        except TypeError as exc:
-            raise ProtocolError(f"malformed {cls.__name__}: {exc}") from exc
+        return _build(cls, raw, cls.__name__)
 
 
 @dataclass(frozen=True)
@@ -79,11 +126,8 @@ class InputSpec:
     groups: list[list[dict[str, Any]]]  # per scan partition: Source dicts
 
     def sources(self) -> list[list[Source]]:
-        """The groups as typed sources."""
-        try:
-            return [[Source(**s) for s in g] for g in self.groups]
-        except TypeError as exc:
-            raise ProtocolError(f"malformed input source: {exc}") from exc
+        """The groups as typed sources (ProtocolError if one is malformed)."""
+        return [[_build(Source, s, "input source") for s in g] for g in self.groups]
 
 
 @dataclass(frozen=True)
@@ -98,11 +142,8 @@ class TaskSpec(_Message):
     local_reads: bool = True  # may read a same-host producer's files instead of fetching them
 
     def input_specs(self) -> list[InputSpec]:
-        """The inputs as typed specs."""
-        try:
-            return [InputSpec(**i) for i in self.inputs]
-        except TypeError as exc:
-            raise ProtocolError(f"malformed task input: {exc}") from exc
+        """The inputs as typed specs (ProtocolError if one is malformed)."""
+        return [_build(InputSpec, i, "task input") for i in self.inputs]
 
 
 @dataclass(frozen=True)
@@ -128,8 +169,8 @@ class TaskResult(_Message):
     fetched_bytes: int = 0
 
     def output_list(self) -> list[TaskOutput]:
-        """Outputs as typed values."""
-        return [TaskOutput(**o) for o in self.outputs]
+        """Outputs as typed values (ProtocolError if one is malformed)."""
+        return [_build(TaskOutput, o, "task output") for o in self.outputs]
 
 
 @dataclass(frozen=True)

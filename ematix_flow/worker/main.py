@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -13,6 +14,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
+import pyarrow as pa
 
 from ematix_flow.engine.digest import hash_digest
 from ematix_flow.errors import ConfigError, FlowError
@@ -48,6 +50,7 @@ def _split_peers(value: str) -> list[str]:
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
+    help="debug also shows gRPC's own log lines.",
 )
 def worker(
     listen: str,
@@ -67,13 +70,18 @@ def worker(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if log_level != "debug":  # gRPC logs a failed bind itself, in lines of its own; read once, at start
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         server = _start(listen, peers, tls_dir, tls_name, work_dir, insecure)
     except FlowError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except OSError as exc:
-        click.echo(f"error: cannot serve on {listen}: {exc}", err=True)
+    except (OSError, pa.ArrowException) as exc:  # Flight says only "Server did not start properly"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        click.echo(
+            f"error: cannot serve on {listen}: {reason} (is another process using the port?)", err=True
+        )
         sys.exit(2)
 
     stop = threading.Event()
@@ -113,8 +121,15 @@ def _start(
         raise ConfigError("--insecure and --tls-dir are mutually exclusive")
     hash_digest()  # computed once before serving: every hello answers it
     base = Path(work_dir) if work_dir else Path(tempfile.gettempdir())
-    root = Path(tempfile.mkdtemp(prefix=f"flow-worker-{os.getpid()}-", dir=_ensure(base)))
-    return WorkerServer(listen, tls=tls, work_dir=root, peers=_split_peers(peers))
+    try:
+        root = Path(tempfile.mkdtemp(prefix=f"flow-worker-{os.getpid()}-", dir=_ensure(base)))
+    except OSError as exc:
+        raise ConfigError(f"cannot create a work dir in {base}: {exc}") from exc
+    try:
+        return WorkerServer(listen, tls=tls, work_dir=root, peers=_split_peers(peers))
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)  # a worker that never served leaves nothing behind
+        raise
 
 
 def _ensure(path: Path) -> Path:

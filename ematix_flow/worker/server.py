@@ -73,9 +73,9 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
             elif kind == "release":
                 self.store.release(check_query_id(body.decode("utf-8", "replace")))
                 yield flight.Result(b"ok")
-            else:
-                raise flight.FlightUnimplementedError(
-                    f"unknown action {kind!r}: this worker knows {sorted(ACTIONS)}"
+            else:  # a client mistake: answered as a ProtocolError, logged without a traceback
+                raise ProtocolError(
+                    f"unknown action {kind!r}: this worker knows {', '.join(sorted(ACTIONS))}"
                 )
         except flight.FlightError:
             raise
@@ -109,18 +109,19 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
 
     # ----------------------------------------------------------------- data
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
-        """Stream one output partition (ticket: msgpack OutputRef)."""
+        """Stream one output partition (ticket: msgpack OutputRef); a bad ticket: a one-line Flight error."""
         try:
             ref = OutputRef.from_bytes(ticket.ticket)
             path = self.store.output_path(ref)
         except ProtocolError as exc:
             raise flight.FlightServerError(f"ProtocolError: bad ticket: {exc}") from exc
-        if not path.exists():
+        try:
+            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        except FileNotFoundError as exc:
             raise flight.FlightServerError(
                 f"ProtocolError: no output for query {ref.query_id} stage {ref.stage} task {ref.task} "
                 f"partition {ref.partition} (released, or never written)"
-            )
-        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+            ) from exc
         return flight.RecordBatchStream(table)
 
     def close_all(self) -> None:

@@ -19,6 +19,13 @@ def check_query_id(query_id: str) -> str:
     return query_id
 
 
+def _check_index(kind: str, value: int) -> int:
+    """Stage, task and partition numbers name files: only non-negative ints are accepted."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError(f"invalid {kind} {value!r}")
+    return value
+
+
 class WorkStore:
     """Paths of a worker's task inputs and outputs, namespaced by query id."""
 
@@ -28,11 +35,13 @@ class WorkStore:
 
     def task_dir(self, query_id: str, stage: int, task: int) -> Path:
         """Directory of one task (its fetched inputs and its outputs)."""
-        return self.root / check_query_id(query_id) / f"s{int(stage)}-t{int(task)}"
+        stage, task = _check_index("stage", stage), _check_index("task", task)
+        return self.root / check_query_id(query_id) / f"s{stage}-t{task}"
 
     def output_path(self, ref: OutputRef) -> Path:
         """The IPC file of one output partition."""
-        return self.task_dir(ref.query_id, ref.stage, ref.task) / "out" / f"p{int(ref.partition):05d}.arrow"
+        partition = _check_index("partition", ref.partition)
+        return self.task_dir(ref.query_id, ref.stage, ref.task) / "out" / f"p{partition:05d}.arrow"
 
     def release(self, query_id: str) -> None:
         """Remove every file held for a query."""
