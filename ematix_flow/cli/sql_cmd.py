@@ -128,7 +128,7 @@ def sql(
     t0 = time.perf_counter()
     with open_mesh(peers, tls_dir, tls_name, insecure, local, partitions=partitions) as mesh:
         register_all(mesh, tables, tables_dir)
-        rows = _write(mesh.sql_batches(text), fmt, output, max_rows, lambda: mesh.sql(text))
+        rows = _write(mesh.sql_batches(text), fmt, output, max_rows, lambda: _result_schema(mesh))
         if report and mesh.last_run:
             click.echo(str(mesh.last_run), err=True)
         if not quiet:
@@ -142,11 +142,11 @@ def _write(
     fmt: str,
     output: str | None,
     max_rows: int,
-    whole: Callable[[], pa.Table],
+    schema: Callable[[], pa.Schema],
 ) -> int:
     """Write the result in ``fmt``; returns the row count. Streams every format but ``table``."""
     if fmt == "table":
-        table = _collect(batches)
+        table = _collect(batches, schema)
         text = format_table(table, max_rows)
         if output:
             Path(output).write_text(text + "\n")
@@ -180,7 +180,7 @@ def _write(
             writer.write(plain) if fmt == "csv" else writer.write_batch(plain)
             rows += b.num_rows
         if writer is None:  # no rows: still write a header / an empty file with the schema
-            writer = open_writer(_plain_schema(whole().schema))
+            writer = open_writer(_plain_schema(schema()))
     finally:
         if writer is not None:
             writer.close()
@@ -215,9 +215,15 @@ def _plain_field(f: pa.Field) -> pa.Field:
     return f
 
 
-def _collect(batches: Iterator[pa.RecordBatch]) -> pa.Table:
+def _result_schema(mesh: Mesh) -> pa.Schema:
+    """The schema of the query that just ran (known even when it returned no rows)."""
+    run = mesh.last_run
+    return run.schema if run is not None and run.schema is not None else pa.schema([])
+
+
+def _collect(batches: Iterator[pa.RecordBatch], schema: Callable[[], pa.Schema]) -> pa.Table:
     got = list(batches)
-    return pa.Table.from_batches(got) if got else pa.table({})
+    return pa.Table.from_batches(got) if got else schema().empty_table()
 
 
 def format_table(table: pa.Table, max_rows: int) -> str:

@@ -82,6 +82,7 @@ class Mesh:
         self._scratch = Path(tempfile.mkdtemp(prefix="flow-submit-"))
         self._runner = TaskRunner(execution_context(), self._pool, self._scratch, fetch_timeout=task_timeout)
         self._queries = 0
+        self._closed = False
         self._open: dict[str, set[str]] = {}  # query id -> peers that may hold its files
         try:
             self.peer_info = self._hello(connect_timeout)
@@ -196,6 +197,8 @@ class Mesh:
         return self._batches(sql, [])
 
     def _batches(self, sql: str, schema_out: list[pa.Schema]) -> Generator[pa.RecordBatch, None, None]:
+        if self._closed:
+            raise ConfigError("this Mesh is closed: open a new one")
         planned = plan_query(self._ctx, sql)
         schema_out.append(planned.logical_schema)
         query_id = uuid.uuid4().hex
@@ -208,7 +211,8 @@ class Mesh:
             local_reads=self.local_reads,
             offset=self._queries,
         )
-        report = RunReport(query_id, sql, [StageReport(s.id, s.kind) for s in planned.graph.stages])
+        stages = [StageReport(s.id, s.kind) for s in planned.graph.stages]
+        report = RunReport(query_id, sql, stages, schema=planned.logical_schema)
         self._open[query_id] = set(self.peers)
         t0 = time.perf_counter()
         try:
@@ -280,6 +284,7 @@ class Mesh:
 
         Queries whose result stream is still open are released first.
         """
+        self._closed = True
         for query_id in list(self._open):
             self._release(query_id)
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
 from ematix_flow.coordinator_lib.state import TaskRecord
 from ematix_flow.planner.nodes import PlanNode, input_index
 from ematix_flow.planner.stages import Stage, StageGraph
@@ -67,6 +69,7 @@ class RunReport:
     stages: list[StageReport]
     seconds: float = 0.0
     rows: int = 0
+    schema: pa.Schema | None = None  # the result's (logical) schema, known once planned
 
     @property
     def peers_used(self) -> set[str]:
