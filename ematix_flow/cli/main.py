@@ -55,10 +55,12 @@ def cli(log_level: str) -> None:
 
 
 def _register() -> None:
-    from ematix_flow.cli import certs_cmd, sql_cmd, tpch_cmd
+    from ematix_flow.cli import certs_cmd, check_cmd, sql_cmd, tpcds_cmd, tpch_cmd
 
     cli.add_command(certs_cmd.certs)
     cli.add_command(tpch_cmd.tpch)
+    cli.add_command(tpcds_cmd.tpcds)
+    cli.add_command(check_cmd.check)
     cli.add_command(sql_cmd.sql)
     cli.add_command(sql_cmd.explain)
 

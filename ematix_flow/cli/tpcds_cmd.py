@@ -1,0 +1,64 @@
+"""``flow tpcds``: generate TPC-DS Parquet data and show the 99 queries."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from ematix_flow import tpcds as _tpcds
+
+
+@click.group()
+def tpcds() -> None:
+    """TPC-DS data and queries."""
+
+
+@tpcds.command("gen")
+@click.option("--sf", type=float, default=0.1, show_default=True, help="Scale factor (1 = SF 1).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder [default: data/tpcds-sf{SF}].",
+)
+@click.option("--force", is_flag=True, help="Regenerate even if the folder already holds all 24 tables.")
+def gen(sf: float, out: Path | None, force: bool) -> None:
+    """Write one Parquet file per TPC-DS table (call_center ... web_site) with DuckDB's dsdgen."""
+    target = out if out is not None else _tpcds.default_data_dir(sf)
+    if not force and _tpcds.is_generated(target):
+        click.echo(f"{target}: all {len(_tpcds.TABLES)} tables already present (use --force to regenerate)")
+        return
+    click.echo(f"generating TPC-DS SF {sf:g} into {target} ...")
+    started = time.perf_counter()
+    _tpcds.generate(sf, target, force=force)
+    seconds = time.perf_counter() - started
+    total = 0
+    for name in _tpcds.TABLES:
+        path = target / f"{name}.parquet"
+        size = path.stat().st_size
+        total += size
+        click.echo(f"  {path}  {_megabytes(size)}")
+    click.echo(f"wrote {len(_tpcds.TABLES)} tables ({_megabytes(total)}) in {seconds:.1f} s")
+
+
+@tpcds.command("queries")
+@click.option("--show", "show", metavar="N", default=None, help="Print query N (e.g. 5 or q05).")
+def list_queries(show: str | None) -> None:
+    """List the 99 TPC-DS queries, or print one with --show N."""
+    if show is not None:
+        click.echo(_tpcds.query(_tpcds.parse_query_name(show)) + ";")
+        return
+    for name, sql in _tpcds.queries().items():
+        click.echo(f"{name}  {_summary(sql)}")
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def _summary(sql: str) -> str:
+    """The tables a query reads, as a hint of what it does."""
+    words = {w.strip(",()").lower() for w in sql.split()}
+    return ", ".join(name for name in _tpcds.TABLES if name in words)
