@@ -26,7 +26,7 @@ from ematix_flow.engine.digest import hash_digest
 from ematix_flow.engine.exchange import schema_bytes, unique_names
 from ematix_flow.engine.run import stream_partitions
 from ematix_flow.engine.settings import execution_context, planning_context
-from ematix_flow.errors import ConfigError, FlowError, PeerMismatchError
+from ematix_flow.errors import ConfigError, FlowError, PeerMismatchError, TaskFailedError
 from ematix_flow.transport.flight import ClientPool
 from ematix_flow.transport.messages import PeerInfo, TaskResult
 from ematix_flow.transport.tls import TLSConfig, init_certs
@@ -35,6 +35,24 @@ from ematix_flow.worker.tasks import TaskRunner
 log = logging.getLogger(__name__)
 
 DEFAULT_MIN_TASK_BYTES = 4 * 1024 * 1024
+
+#: How often a query is re-planned with more exchanges kept inside stages (see _exchanges_to_keep).
+MAX_REPLANS = 3
+
+
+def _exchanges_to_keep(planned: PlannedQuery, exc: TaskFailedError, keep: dict[int, str]) -> dict[int, str]:
+    """Exchanges to stop cutting after a stage failed because of where it was cut.
+
+    A spliced input scan cannot declare the orderings and constant columns DataFusion knew at the
+    exchange, and some operators assert on them when they start (a window over a sort that relied
+    on a constant column). Such failures are DataFusion "Internal error"s, deterministic and raised
+    before any work: the stage's input exchanges are then kept inside it, and the query re-planned.
+    """
+    if exc.stage < 0 or not any(m in str(exc) for m in ("Internal error", "could not decode the task plan")):
+        return {}
+    reason = f"stage {exc.stage} failed when cut there: {str(exc).split(': ')[-1][:120]}"
+    stage = planned.graph[exc.stage]
+    return {i.exchange: reason for i in stage.inputs if i.exchange >= 0 and i.exchange not in keep}
 
 
 class Mesh:
@@ -199,36 +217,73 @@ class Mesh:
     def _batches(self, sql: str, schema_out: list[pa.Schema]) -> Generator[pa.RecordBatch, None, None]:
         if self._closed:
             raise ConfigError("this Mesh is closed: open a new one")
-        planned = plan_query(self._ctx, sql)
-        schema_out.append(planned.logical_schema)
-        query_id = uuid.uuid4().hex
-        self._queries += 1
-        state = QueryState(
-            query_id,
-            planned.graph,
-            self.peers,
-            min_task_bytes=self.min_task_bytes,
-            local_reads=self.local_reads,
-            offset=self._queries,
-        )
-        stages = [StageReport(s.id, s.kind) for s in planned.graph.stages]
-        report = RunReport(query_id, sql, stages, schema=planned.logical_schema)
-        self._open[query_id] = set(self.peers)
         t0 = time.perf_counter()
+        keep: dict[int, str] = {}
+        for attempt in range(MAX_REPLANS + 1):
+            planned = plan_query(self._ctx, sql, keep)
+            if not schema_out:
+                schema_out.append(planned.logical_schema)
+            query_id = uuid.uuid4().hex
+            self._queries += 1
+            state = QueryState(
+                query_id,
+                planned.graph,
+                self.peers,
+                min_task_bytes=self.min_task_bytes,
+                local_reads=self.local_reads,
+                offset=self._queries,
+            )
+            stages = [StageReport(s.id, s.kind) for s in planned.graph.stages]
+            report = RunReport(query_id, sql, stages, schema=planned.logical_schema, kept=dict(keep))
+            self._open[query_id] = set(self.peers)
+            try:
+                first, rest = self._start(state, planned)
+                break
+            except BaseException as exc:
+                self._finish(report, state, t0)
+                more: dict[int, str] = {}
+                if isinstance(exc, TaskFailedError) and attempt < MAX_REPLANS:
+                    more = _exchanges_to_keep(planned, exc, keep)
+                if not more:
+                    raise
+                log.info(
+                    "query=%s: re-planning, keeping exchanges: %s", query_id, "; ".join(set(more.values()))
+                )
+                keep.update(more)
         try:
-            self._run_stages(state, planned)
-            self._fill_schemas(state, planned, planned.graph.root.inputs)
-            spec = state.root_spec()
-            plan, _ = self._runner.prepare(spec, self._scratch / query_id)
-            for batch in stream_partitions(self._runner.ctx, plan):
+            if first is not None:
+                report.rows += first.num_rows
+                yield first
+            for batch in rest:
                 report.rows += batch.num_rows
                 yield batch
         finally:
+            rest.close()
+            self._finish(report, state, t0)
+
+    def _start(
+        self, state: QueryState, planned: PlannedQuery
+    ) -> tuple[pa.RecordBatch | None, Generator[pa.RecordBatch, None, None]]:
+        """Run every stage but the root, then start the root: its first batch and the rest."""
+        self._run_stages(state, planned)
+        root = planned.graph.root
+        try:
+            self._fill_schemas(state, planned, root.inputs)
+            plan, _ = self._runner.prepare(state.root_spec(), self._scratch / state.query_id)
+            rest = stream_partitions(self._runner.ctx, plan)
+            return next(rest, None), rest
+        except TaskFailedError as exc:
+            exc.stage = root.id if exc.stage < 0 else exc.stage
+            raise
+
+    def _finish(self, report: RunReport, state: QueryState, t0: float) -> None:
+        """Record what ran and release the query's files (idempotent)."""
+        if report.query_id in self._open:
             for rec in state.records:
                 report.stages[rec.stage].tasks.append(rec)
             report.seconds = time.perf_counter() - t0
             self.last_run = report
-            self._release(query_id)
+        self._release(report.query_id)
 
     def _run_stages(self, state: QueryState, planned: PlannedQuery) -> None:
         running: dict[Future[bytes], Assignment] = {}
@@ -246,7 +301,12 @@ class Mesh:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
                     a = running.pop(fut)
-                    state.task_done(a, TaskResult.from_bytes(fut.result()))
+                    try:
+                        body = fut.result()
+                    except TaskFailedError as exc:
+                        exc.stage = a.stage if exc.stage < 0 else exc.stage
+                        raise
+                    state.task_done(a, TaskResult.from_bytes(body))
         except BaseException:
             wait(running)  # let in-flight tasks end before their files are released
             raise

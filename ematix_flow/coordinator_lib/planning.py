@@ -64,13 +64,13 @@ def dataframe(ctx: SessionContext, sql: str) -> DataFrame:
         raise _sql_error(exc) from exc
 
 
-def plan_query(ctx: SessionContext, sql: str) -> PlannedQuery:
-    """Plan ``sql`` in ``ctx`` and cut it into stages."""
+def plan_query(ctx: SessionContext, sql: str, keep: dict[int, str] | None = None) -> PlannedQuery:
+    """Plan ``sql`` in ``ctx`` and cut it into stages (``keep``: exchanges not to cut, with why)."""
     df = dataframe(ctx, sql)
     try:
         plan = df.execution_plan()
     except Exception as exc:
         raise _sql_error(exc) from exc
     plan_bytes = plan.to_bytes()
-    graph = build_graph(plan_bytes, node_infos(plan))
+    graph = build_graph(plan_bytes, node_infos(plan), keep)
     return PlannedQuery(sql, graph, df.schema(), plan_bytes)

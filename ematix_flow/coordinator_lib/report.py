@@ -42,6 +42,8 @@ def render_graph(graph: StageGraph, peers: int) -> str:
         lines.append(head)
         if stage.single_task:
             lines.append(f"    one task: {stage.single_task}")
+        if stage.kept:
+            lines.append(f"    exchanges kept inside this stage: {stage.kept}")
         _plan_lines(stage.plan, stage, 0, lines)
     return "\n".join(lines)
 
@@ -70,6 +72,7 @@ class RunReport:
     seconds: float = 0.0
     rows: int = 0
     schema: pa.Schema | None = None  # the result's (logical) schema, known once planned
+    kept: dict[int, str] = field(default_factory=dict)  # exchanges kept inside stages after a re-plan
 
     @property
     def peers_used(self) -> set[str]:
@@ -85,6 +88,8 @@ class RunReport:
         lines = [
             f"query {self.query_id}: {self.rows} rows in {self.seconds:.3f}s on {len(self.peers_used)} peers"
         ]
+        for reason in sorted(set(self.kept.values())):
+            lines.append(f"  re-planned: exchanges kept inside a stage ({reason})")
         for s in self.stages:
             if not s.tasks:
                 lines.append(f"  stage {s.stage} ({s.kind}): on the submitter")

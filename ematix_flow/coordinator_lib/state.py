@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ematix_flow.engine.exchange import merge_nullability
 from ematix_flow.planner.slicing import Parts, plan_tasks, slice_stage
 from ematix_flow.planner.stages import Stage, StageGraph, StageInput
 from ematix_flow.transport.messages import OutputRef, TaskResult, TaskSpec
@@ -133,8 +134,11 @@ class QueryState:
         """Record a finished task."""
         run = self.runs[a.stage]
         run.results[a.task] = (a.peer, result)
-        if run.schema is None and result.schema is not None:
-            run.schema, run.names = result.schema, result.names
+        if result.schema is not None:
+            if run.schema is None:
+                run.schema, run.names = result.schema, result.names
+            else:
+                run.schema = merge_nullability(run.schema, result.schema)
         out_bytes = sum(o.nbytes for o in result.output_list())
         self.records.append(
             TaskRecord(

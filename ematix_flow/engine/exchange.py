@@ -66,6 +66,20 @@ def read_schema(data: bytes) -> pa.Schema:
         raise ProtocolError(f"malformed schema in task input: {exc}") from exc
 
 
+def merge_nullability(first: bytes, other: bytes) -> bytes:
+    """``first``'s schema with each field nullable where either schema has it nullable.
+
+    Tasks of one stage can report different nullability (a task whose UNION keeps only a branch
+    with a non-nullable column); the consumer must declare the column nullable if any task may
+    write NULLs into it.
+    """
+    a, b = read_schema(first), read_schema(other)
+    if len(a) != len(b) or all(fa.nullable or not fb.nullable for fa, fb in zip(a, b, strict=True)):
+        return first
+    fields = [fa.with_nullable(fa.nullable or fb.nullable) for fa, fb in zip(a, b, strict=True)]
+    return schema_bytes(pa.schema(fields, metadata=a.metadata))
+
+
 def _rename_projection(child: bytes, unique: list[str], original: list[str]) -> bytes:
     """ProjectionExec over ``child`` renaming ``unique`` columns back to ``original``."""
     exprs = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +99,7 @@ def write_partitions(ctx: SessionContext, plan: ExecutionPlan, out_dir: Path) ->
 
 def stream_partitions(
     ctx: SessionContext, plan: ExecutionPlan, capacity: int = 16
-) -> Iterator[pa.RecordBatch]:
+) -> Generator[pa.RecordBatch, None, None]:
     """Yield the batches of every partition of ``plan`` as they come (partitions run concurrently)."""
     n = plan.partition_count
     if n == 1:

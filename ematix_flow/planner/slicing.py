@@ -77,6 +77,8 @@ def slice_stage(stage: Stage, parts: Parts) -> TaskSlice:
             return node.with_children([visit(kids[0], s)] + [visit(k, None) for k in kids[1:]])
         if node.kind in ("hash_join", "sort_merge_join", "symmetric_hash_join", "interleave"):
             return node.with_children([visit(k, s) for k in kids])
+        if node.kind == "repartition":
+            raise UnsplittableError("a repartition kept inside the stage needs all of its input")
         if node.kind in GATHERS:
             return node.with_children([visit(kids[0], None)])
         if len(kids) == 1 and kids[0].partitions == node.partitions:

@@ -44,6 +44,7 @@ class StageInput:
     stage: int
     mode: InputMode
     width: int  # shuffle: hash partitions at the site; gather: partitions of the producer body
+    exchange: int = -1  # pre-order index of the exchange node (repartition / coalesce / merge) in the plan
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Stage:
     inputs: list[StageInput]
     site: int = 0  # pre-order index of the stage's top node in the whole plan (its output schema)
     single_task: str | None = None
+    kept: str | None = None  # why exchanges were kept inside this stage instead of cut
 
     @property
     def split_partitions(self) -> int:
@@ -114,31 +116,46 @@ def single_task_reason(plan: PlanNode) -> str | None:
     return None
 
 
-def build_graph(plan_bytes: bytes, infos: list[NodeInfo]) -> StageGraph:
-    """Cut serialized plan bytes, paired with DataFusion's node infos, into a stage graph."""
+def _index(node: PlanNode) -> int:
+    index = node.meta.get("index", -1)
+    return index if isinstance(index, int) else -1
+
+
+def build_graph(plan_bytes: bytes, infos: list[NodeInfo], keep: dict[int, str] | None = None) -> StageGraph:
+    """Cut serialized plan bytes, paired with DataFusion's node infos, into a stage graph.
+
+    ``keep`` maps exchange nodes (pre-order index) that must NOT be cut to the reason: their
+    subtree then stays inside the consuming stage, which runs as one task.
+    """
     root = attach_infos(parse_tree(plan_bytes), infos)
+    keep = keep or {}
     stages: list[Stage] = []
 
     def build(body: PlanNode, kind: StageKind) -> int:
         inputs: list[StageInput] = []
+        kept: list[str] = []
 
         def visit(node: PlanNode, top: bool) -> PlanNode:
-            if not (top and kind == "shuffle"):
-                if is_hash_repartition(node):
+            if not (top and kind == "shuffle") and (is_hash_repartition(node) or node.kind in GATHERS):
+                if _index(node) in keep:
+                    kept.append(keep[_index(node)])
+                elif node.kind == "repartition":
                     sid = build(node, "shuffle")
-                    inputs.append(StageInput(len(inputs), sid, "shuffle", node.partitions))
+                    inputs.append(StageInput(len(inputs), sid, "shuffle", node.partitions, _index(node)))
                     return input_node(inputs[-1].index, node.partitions, node.line)
-                if node.kind in GATHERS:
+                else:
                     child = node.children[0]
                     sid = build(child, "gather")
-                    inputs.append(StageInput(len(inputs), sid, "gather", child.partitions))
+                    inputs.append(StageInput(len(inputs), sid, "gather", child.partitions, _index(node)))
                     return node.with_children([input_node(inputs[-1].index, child.partitions, child.line)])
             return node.with_children([visit(c, False) for c in node.children])
 
         new_body = visit(body, True)
-        site = body.meta.get("index", 0)
-        stage = Stage(len(stages), kind, new_body, inputs, site if isinstance(site, int) else 0)
+        stage = Stage(len(stages), kind, new_body, inputs, max(0, _index(body)))
         stage.single_task = single_task_reason(new_body)
+        if kept:
+            stage.kept = "; ".join(sorted(set(kept)))
+            stage.single_task = stage.single_task or f"exchange kept inside the stage ({stage.kept})"
         stages.append(stage)
         return stage.id
 

@@ -1,0 +1,56 @@
+"""Stage boundaries that DataFusion cannot cross: exchanges kept inside a stage, re-planning,
+and schemas merged across the tasks of one stage."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from datafusion import SessionConfig, SessionContext
+
+from ematix_flow import Mesh, tpcds, tpch
+from ematix_flow.compare import compare_tables, query_is_ordered
+from ematix_flow.coordinator_lib.planning import node_infos
+from ematix_flow.engine.exchange import merge_nullability, read_schema, schema_bytes
+from ematix_flow.planner.slicing import plan_tasks
+from ematix_flow.planner.stages import build_graph
+
+
+def test_a_kept_exchange_stays_inside_its_consumer(planning_ctx: SessionContext) -> None:
+    plan = planning_ctx.sql(tpch.query(3)).execution_plan()
+    cut = build_graph(plan.to_bytes(), node_infos(plan))
+    consumer = next(s for s in cut.stages if any(i.mode == "shuffle" for i in s.inputs))
+    shuffle = next(i for i in consumer.inputs if i.mode == "shuffle")
+    kept = build_graph(plan.to_bytes(), node_infos(plan), {shuffle.exchange: "because"})
+    assert len(kept.stages) < len(cut.stages)
+    holder = next(s for s in kept.stages if s.kept)
+    assert holder.kept == "because"
+    assert holder.single_task and "because" in holder.single_task
+    assert len(plan_tasks(holder, 3)) == 1
+    assert any(n.kind == "repartition" for n in holder.plan.walk())
+
+
+def test_merge_nullability_keeps_types_and_widens_nulls() -> None:
+    strict = pa.schema([pa.field("a", pa.int64(), False), pa.field("b", pa.string(), False)])
+    loose = pa.schema([pa.field("a", pa.int64(), True), pa.field("b", pa.string(), False)])
+    merged = read_schema(merge_nullability(schema_bytes(strict), schema_bytes(loose)))
+    assert [f.nullable for f in merged] == [True, False]
+    assert merged.types == strict.types
+    same = schema_bytes(loose)
+    assert merge_nullability(same, schema_bytes(strict)) == same
+
+
+@pytest.mark.integration
+def test_a_window_that_cannot_start_over_a_cut_is_replanned(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # TPC-DS q47 with 2 shuffle partitions: a window needs an ordering DataFusion derived from a
+    # constant column below a shuffle; a spliced input cannot declare it, so the window asserts
+    data = tpcds.generate(0.01, tmp_path_factory.mktemp("tpcds") / "sf0.01")
+    sql = tpcds.query(47)
+    ref = SessionContext(SessionConfig().with_target_partitions(2))
+    tpcds.register_all(ref, data)
+    with Mesh.local(workers=2, partitions=2, min_task_bytes=1) as mesh:
+        tpcds.register_all(mesh, data)
+        got = mesh.sql(sql)
+        run = mesh.last_run
+    assert compare_tables(got, ref.sql(sql).to_arrow_table(), ordered=query_is_ordered(sql)) is None
+    assert run is not None and run.kept, "expected a re-plan with an exchange kept inside a stage"
+    assert "re-planned" in str(run)
