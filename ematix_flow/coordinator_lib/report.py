@@ -33,7 +33,9 @@ def render_graph(graph: StageGraph, peers: int) -> str:
     lines = [f"Distributed plan: {len(graph.stages)} stages over {peers} peers"]
     for stage in reversed(graph.stages):
         head = f"Stage {stage.id} ({_KIND_TEXT[stage.kind]}"
-        if stage.kind != "root":
+        if stage.kind != "root" and stage.single_task:
+            head += f"; {stage.split_partitions} partitions in one task"
+        elif stage.kind != "root":
             most = min(peers, stage.split_partitions)
             head += f"; {stage.split_partitions} partitions split over up to {most} tasks"
         if stage.kind == "shuffle":
