@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from ematix_flow import Mesh
+from ematix_flow import Mesh, tpch
 from ematix_flow.compare import compare_tables, query_is_ordered
 
 pytestmark = pytest.mark.integration
@@ -43,3 +44,21 @@ def test_explain_shows_the_gather_of_a_scan_only_plan(tpch_mesh: Mesh) -> None:
     text = tpch_mesh.explain(QUERIES["filter"])
     assert "gather from stage 0" in text
     assert text.count("Stage ") == 2
+
+
+def test_adaptive_gate_runs_small_queries_in_process(
+    tpch_mesh: Mesh, reference: Callable[[str], pa.Table], tpch_data: Path
+) -> None:
+    sql = (
+        "SELECT n_name, count(*) AS c FROM nation JOIN supplier ON n_nationkey = s_nationkey GROUP BY n_name"
+    )
+    with Mesh(tpch_mesh.peers, tpch_mesh.tls, local_below_bytes=64 << 20) as gated:
+        tpch.register_all(gated, tpch_data)
+        assert "in-process" in gated.explain(sql).splitlines()[0]
+        got = gated.sql(sql)
+        run = gated.last_run
+        assert run is not None and not run.distributed and "adaptive gate" in str(run)
+        assert compare_tables(got, reference(sql), ordered=False) is None
+    # the same query on a mesh without the gate is distributed
+    tpch_mesh.sql(sql)
+    assert tpch_mesh.last_run is not None and tpch_mesh.last_run.distributed

@@ -24,7 +24,7 @@ from ematix_flow.coordinator_lib.schemas import explain_schemas
 from ematix_flow.coordinator_lib.state import Assignment, QueryState
 from ematix_flow.engine.digest import hash_digest
 from ematix_flow.engine.exchange import schema_bytes, unique_names
-from ematix_flow.engine.run import stream_partitions
+from ematix_flow.engine.run import decode, stream_partitions
 from ematix_flow.engine.settings import execution_context, planning_context
 from ematix_flow.errors import ConfigError, FlowError, PeerMismatchError, TaskFailedError
 from ematix_flow.transport.flight import ClientPool
@@ -35,6 +35,7 @@ from ematix_flow.worker.tasks import TaskRunner
 log = logging.getLogger(__name__)
 
 DEFAULT_MIN_TASK_BYTES = 4 * 1024 * 1024
+DEFAULT_LOCAL_BELOW_BYTES = 0  # the adaptive gate is off unless asked for
 
 #: How often a query is re-planned with more exchanges kept inside stages (see _exchanges_to_keep).
 MAX_REPLANS = 3
@@ -73,6 +74,7 @@ class Mesh:
         partitions: int | None = None,
         min_task_bytes: int = DEFAULT_MIN_TASK_BYTES,
         local_reads: bool = True,
+        local_below_bytes: int = DEFAULT_LOCAL_BELOW_BYTES,
         connect_timeout: float = 5.0,
         task_timeout: float | None = None,
         settings: dict[str, str] | None = None,
@@ -80,6 +82,8 @@ class Mesh:
         """Connect to ``peers`` ("host:port") over mutual TLS (``insecure=True``: plaintext).
 
         ``settings`` are DataFusion settings for the planning context (they override ours).
+        A query that scans fewer than ``local_below_bytes`` runs in-process on the submitter (the
+        adaptive gate; 0 turns it off): shipping it would cost more than running it.
         """
         self.peers = [p.strip() for p in peers if p.strip()]
         if not self.peers:
@@ -90,6 +94,7 @@ class Mesh:
         self.partitions = partitions or max(4, 2 * len(self.peers))
         self.min_task_bytes = min_task_bytes
         self.local_reads = local_reads
+        self.local_below_bytes = local_below_bytes
         self.task_timeout = task_timeout
         self.workers: list[LocalWorker] = []
         self.last_run: RunReport | None = None
@@ -196,8 +201,21 @@ class Mesh:
 
     # ------------------------------------------------------------------ queries
     def explain(self, sql: str) -> str:
-        """The stage graph of ``sql``, readable."""
-        return render_graph(plan_query(self._ctx, sql).graph, len(self.peers))
+        """The stage graph of ``sql``, readable (and whether the adaptive gate keeps it in-process)."""
+        planned = plan_query(self._ctx, sql)
+        text = render_graph(planned.graph, len(self.peers))
+        if self._runs_locally(planned):
+            text = f"{self._local_reason(planned)}\n{text}"
+        return text
+
+    def _runs_locally(self, planned: PlannedQuery) -> bool:
+        return planned.scan_bytes < self.local_below_bytes
+
+    def _local_reason(self, planned: PlannedQuery) -> str:
+        return (
+            f"Runs in-process on the submitter: it scans {planned.scan_bytes / 1e6:.1f} MB, under the "
+            f"{self.local_below_bytes / 1e6:.1f} MB adaptive gate (Mesh(local_below_bytes=0) distributes it)"
+        )
 
     def sql(self, sql: str) -> pa.Table:
         """Run ``sql`` on the mesh and return the whole result."""
@@ -219,10 +237,14 @@ class Mesh:
             raise ConfigError("this Mesh is closed: open a new one")
         t0 = time.perf_counter()
         keep: dict[int, str] = {}
+        planned = plan_query(self._ctx, sql)
+        schema_out.append(planned.logical_schema)
+        if self._runs_locally(planned):
+            yield from self._in_process(planned, t0)
+            return
         for attempt in range(MAX_REPLANS + 1):
-            planned = plan_query(self._ctx, sql, keep)
-            if not schema_out:
-                schema_out.append(planned.logical_schema)
+            if attempt:
+                planned = plan_query(self._ctx, sql, keep)
             query_id = uuid.uuid4().hex
             self._queries += 1
             state = QueryState(
@@ -260,6 +282,18 @@ class Mesh:
         finally:
             rest.close()
             self._finish(report, state, t0)
+
+    def _in_process(self, planned: PlannedQuery, t0: float) -> Generator[pa.RecordBatch, None, None]:
+        """Run the whole plan here (the adaptive gate): no stages, no peers."""
+        report = RunReport(uuid.uuid4().hex, planned.sql, [], schema=planned.logical_schema)
+        report.note = self._local_reason(planned)
+        try:
+            for batch in stream_partitions(self._runner.ctx, decode(self._runner.ctx, planned.plan_bytes)):
+                report.rows += batch.num_rows
+                yield batch
+        finally:
+            report.seconds = time.perf_counter() - t0
+            self.last_run = report
 
     def _start(
         self, state: QueryState, planned: PlannedQuery

@@ -22,6 +22,11 @@ class PlannedQuery:
     logical_schema: pa.Schema
     plan_bytes: bytes
 
+    @property
+    def scan_bytes(self) -> int:
+        """Bytes the query's file scans read."""
+        return self.graph.scan_bytes
+
 
 def node_infos(plan: ExecutionPlan) -> list[NodeInfo]:
     """DataFusion's view of every node, pre-order: partition count, first display line, child count."""

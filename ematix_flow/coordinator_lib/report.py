@@ -75,6 +75,7 @@ class RunReport:
     rows: int = 0
     schema: pa.Schema | None = None  # the result's (logical) schema, known once planned
     kept: dict[int, str] = field(default_factory=dict)  # exchanges kept inside stages after a re-plan
+    note: str = ""  # e.g. why the query ran in-process
 
     @property
     def peers_used(self) -> set[str]:
@@ -90,6 +91,8 @@ class RunReport:
         lines = [
             f"query {self.query_id}: {self.rows} rows in {self.seconds:.3f}s on {len(self.peers_used)} peers"
         ]
+        if self.note:
+            lines.append(f"  {self.note}")
         for reason in sorted(set(self.kept.values())):
             lines.append(f"  re-planned: exchanges kept inside a stage ({reason})")
         for s in self.stages:

@@ -24,6 +24,7 @@ from ematix_flow.planner.nodes import (
     input_node,
     parse_tree,
 )
+from ematix_flow.planner.scans import scan_bytes
 
 StageKind = Literal["root", "shuffle", "gather"]
 InputMode = Literal["shuffle", "gather"]
@@ -85,6 +86,11 @@ class StageGraph:
 
     def __getitem__(self, stage_id: int) -> Stage:
         return self.stages[stage_id]
+
+    @property
+    def scan_bytes(self) -> int:
+        """Bytes every file scan of the query reads."""
+        return sum(scan_bytes(n) for s in self.stages for n in s.plan.walk() if n.kind in FILE_SCANS)
 
     def consumers(self, stage_id: int) -> list[int]:
         """Ids of the stages reading ``stage_id``'s output."""
