@@ -41,6 +41,14 @@ DEFAULT_LOCAL_BELOW_BYTES = 0  # the adaptive gate is off unless asked for
 MAX_REPLANS = 3
 
 
+#: Failures that mean "this stage cannot start over spliced inputs", not "the data or the peer is bad".
+_CUT_FAILURES = (
+    "Internal error",  # an operator's assertion on orderings / partitioning its input cannot declare
+    "could not decode the task plan",
+    "column types must match schema types",  # nested field names pyarrow renames (a map's entries)
+)
+
+
 def _exchanges_to_keep(planned: PlannedQuery, exc: TaskFailedError, keep: dict[int, str]) -> dict[int, str]:
     """Exchanges to stop cutting after a stage failed because of where it was cut.
 
@@ -49,9 +57,10 @@ def _exchanges_to_keep(planned: PlannedQuery, exc: TaskFailedError, keep: dict[i
     on a constant column). Such failures are DataFusion "Internal error"s, deterministic and raised
     before any work: the stage's input exchanges are then kept inside it, and the query re-planned.
     """
-    if exc.stage < 0 or not any(m in str(exc) for m in ("Internal error", "could not decode the task plan")):
+    if exc.stage < 0 or not any(m in str(exc) for m in _CUT_FAILURES):
         return {}
-    reason = f"stage {exc.stage} failed when cut there: {str(exc).split(': ')[-1][:120]}"
+    detail = str(exc).split("DataFusion error: ", 1)[-1]
+    reason = f"stage {exc.stage} failed when cut there: {detail[:160]}"
     stage = planned.graph[exc.stage]
     return {i.exchange: reason for i in stage.inputs if i.exchange >= 0 and i.exchange not in keep}
 
@@ -203,15 +212,19 @@ class Mesh:
     def explain(self, sql: str) -> str:
         """The stage graph of ``sql``, readable (and whether the adaptive gate keeps it in-process)."""
         planned = plan_query(self._ctx, sql)
+        if planned.local_plan is not None:
+            return f"{self._local_reason(planned)}\n{planned.local_plan.display_indent()}"
         text = render_graph(planned.graph, len(self.peers))
         if self._runs_locally(planned):
             text = f"{self._local_reason(planned)}\n{text}"
         return text
 
     def _runs_locally(self, planned: PlannedQuery) -> bool:
-        return planned.scan_bytes < self.local_below_bytes
+        return planned.local_plan is not None or planned.scan_bytes < self.local_below_bytes
 
     def _local_reason(self, planned: PlannedQuery) -> str:
+        if planned.local_plan is not None:
+            return f"Runs in-process on the submitter: {planned.local_reason}"
         return (
             f"Runs in-process on the submitter: it scans {planned.scan_bytes / 1e6:.1f} MB, under the "
             f"{self.local_below_bytes / 1e6:.1f} MB adaptive gate (Mesh(local_below_bytes=0) distributes it)"
@@ -287,8 +300,13 @@ class Mesh:
         """Run the whole plan here (the adaptive gate): no stages, no peers."""
         report = RunReport(uuid.uuid4().hex, planned.sql, [], schema=planned.logical_schema)
         report.note = self._local_reason(planned)
+        if planned.local_plan is not None:
+            ctx, plan = self._ctx, planned.local_plan
+        else:
+            ctx = self._runner.ctx
+            plan = decode(ctx, planned.plan_bytes)
         try:
-            for batch in stream_partitions(self._runner.ctx, decode(self._runner.ctx, planned.plan_bytes)):
+            for batch in stream_partitions(ctx, plan):
                 report.rows += batch.num_rows
                 yield batch
         finally:

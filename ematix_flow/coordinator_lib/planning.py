@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -21,6 +22,8 @@ class PlannedQuery:
     graph: StageGraph
     logical_schema: pa.Schema
     plan_bytes: bytes
+    local_plan: ExecutionPlan | None = None  # set when the plan can only run where it was planned
+    local_reason: str = ""
 
     @property
     def scan_bytes(self) -> int:
@@ -76,6 +79,12 @@ def plan_query(ctx: SessionContext, sql: str, keep: dict[int, str] | None = None
         plan = df.execution_plan()
     except Exception as exc:
         raise _sql_error(exc) from exc
-    plan_bytes = plan.to_bytes()
+    try:
+        plan_bytes = plan.to_bytes()
+    except Exception as exc:
+        # e.g. RecursiveQueryExec: DataFusion has no encoding for it, so it cannot be shipped
+        node = re.search(r"Plan: (\w+)", str(exc))
+        reason = f"DataFusion cannot serialize its {node.group(1) if node else 'plan'}"
+        return PlannedQuery(sql, StageGraph([]), df.schema(), b"", local_plan=plan, local_reason=reason)
     graph = build_graph(plan_bytes, node_infos(plan), keep)
     return PlannedQuery(sql, graph, df.schema(), plan_bytes)

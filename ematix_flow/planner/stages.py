@@ -122,6 +122,10 @@ def single_task_reason(plan: PlanNode) -> str | None:
     return None
 
 
+#: The exchange between the submitter and the top of the plan; keeping it runs that top on the submitter.
+ROOT_EXCHANGE = 0
+
+
 def _index(node: PlanNode) -> int:
     index = node.meta.get("index", -1)
     return index if isinstance(index, int) else -1
@@ -167,11 +171,10 @@ def build_graph(plan_bytes: bytes, infos: list[NodeInfo], keep: dict[int, str] |
 
     build(root, "root")
     top = stages[-1]
-    if top.split_partitions > 1 and any(n.kind in FILE_SCANS for n in top.plan.walk()):
-        # no exchange above the scans (e.g. a plain filter): the peers run it, the submitter only gathers
+    if ROOT_EXCHANGE not in keep and any(n.kind in FILE_SCANS for n in top.plan.walk()):
+        # scans left at the top (e.g. a plain filter, no exchange): the peers run them, the submitter gathers
         top.kind = "gather"
         marker = input_node(0, top.plan.partitions, top.plan.line)
-        stages.append(
-            Stage(len(stages), "root", marker, [StageInput(0, top.id, "gather", top.plan.partitions)])
-        )
+        gather = StageInput(0, top.id, "gather", top.plan.partitions, ROOT_EXCHANGE)
+        stages.append(Stage(len(stages), "root", marker, [gather]))
     return StageGraph(stages)
