@@ -376,19 +376,22 @@ class Mesh:
             state.set_schema(stage.id, schema_bytes(disk), names)
 
     def _release(self, query_id: str) -> None:
-        """Remove a query's files from its peers; once only (the stream's end or close, first wins)."""
+        """Remove a query's files from its peers; once only (the stream's end or close, first wins).
+
+        Peers answer at once (they delete in the background), so when a query returns its files are gone.
+        """
         peers = self._open.pop(query_id, None)
         if peers is None:
             return
-        futures = [
-            self._executor.submit(self._pool.action, p, "release", query_id.encode(), 10.0) for p in peers
-        ]
-        for f in futures:
-            try:
-                f.result()
-            except FlowError as exc:
-                log.warning("query=%s release failed: %s", query_id, exc)
         shutil.rmtree(self._scratch / query_id, ignore_errors=True)
+        for f in [self._executor.submit(self._release_on, p, query_id) for p in peers]:
+            f.result()
+
+    def _release_on(self, peer: str, query_id: str) -> None:
+        try:
+            self._pool.action(peer, "release", query_id.encode(), 10.0)
+        except FlowError as exc:
+            log.warning("query=%s release on %s failed: %s", query_id, peer, exc)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:

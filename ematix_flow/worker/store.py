@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
+import uuid
 from pathlib import Path
 
 from ematix_flow.errors import ProtocolError
@@ -44,8 +46,16 @@ class WorkStore:
         return self.task_dir(ref.query_id, ref.stage, ref.task) / "out" / f"p{partition:05d}.arrow"
 
     def release(self, query_id: str) -> None:
-        """Remove every file held for a query."""
-        shutil.rmtree(self.root / check_query_id(query_id), ignore_errors=True)
+        """Remove every file held for a query (moved aside at once, deleted in the background)."""
+        path = self.root / check_query_id(query_id)
+        trash = self.root / f".released-{query_id}-{uuid.uuid4().hex[:8]}"
+        try:
+            path.rename(trash)
+        except OSError:
+            return  # nothing held (or already released)
+        threading.Thread(
+            target=shutil.rmtree, args=(trash,), kwargs={"ignore_errors": True}, daemon=True
+        ).start()
 
     def queries(self) -> list[str]:
         """Ids of the queries with files here."""
