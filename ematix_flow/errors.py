@@ -23,6 +23,10 @@ class TLSError(FlowError):
 class PeerUnreachableError(FlowError):
     """A peer did not answer (down, wrong address, or refused the connection)."""
 
+    def __init__(self, message: str, *, peer: str = "") -> None:
+        super().__init__(message)
+        self.peer = peer
+
 
 class PeerMismatchError(FlowError):
     """A peer runs an incompatible engine (other version or hash digest): it must not share a query."""

@@ -26,7 +26,13 @@ from ematix_flow.engine.digest import hash_digest
 from ematix_flow.engine.exchange import schema_bytes, unique_names
 from ematix_flow.engine.run import decode, stream_partitions
 from ematix_flow.engine.settings import execution_context, planning_context
-from ematix_flow.errors import ConfigError, FlowError, PeerMismatchError, TaskFailedError
+from ematix_flow.errors import (
+    ConfigError,
+    FlowError,
+    PeerMismatchError,
+    PeerUnreachableError,
+    TaskFailedError,
+)
 from ematix_flow.transport.flight import ClientPool
 from ematix_flow.transport.messages import PeerInfo, TaskResult
 from ematix_flow.transport.tls import TLSConfig, init_certs
@@ -39,6 +45,10 @@ DEFAULT_LOCAL_BELOW_BYTES = 0  # the adaptive gate is off unless asked for
 
 #: How often a query is re-planned with more exchanges kept inside stages (see _exchanges_to_keep).
 MAX_REPLANS = 3
+
+#: A peer found down is asked again (with a short hello) after this many seconds.
+RECHECK_SECONDS = 5.0
+RECHECK_TIMEOUT = 2.0
 
 
 #: Failures that mean "this stage cannot start over spliced inputs", not "the data or the peer is bad".
@@ -84,6 +94,7 @@ class Mesh:
         min_task_bytes: int = DEFAULT_MIN_TASK_BYTES,
         local_reads: bool = True,
         local_below_bytes: int = DEFAULT_LOCAL_BELOW_BYTES,
+        max_attempts: int = 3,
         connect_timeout: float = 5.0,
         task_timeout: float | None = None,
         settings: dict[str, str] | None = None,
@@ -104,6 +115,7 @@ class Mesh:
         self.min_task_bytes = min_task_bytes
         self.local_reads = local_reads
         self.local_below_bytes = local_below_bytes
+        self.max_attempts = max_attempts
         self.task_timeout = task_timeout
         self.workers: list[LocalWorker] = []
         self.last_run: RunReport | None = None
@@ -116,6 +128,7 @@ class Mesh:
         self._queries = 0
         self._closed = False
         self._open: dict[str, set[str]] = {}  # query id -> peers that may hold its files
+        self._down: dict[str, float] = {}  # peer -> when it was last found down
         try:
             self.peer_info = self._hello(connect_timeout)
         except BaseException:
@@ -165,10 +178,24 @@ class Mesh:
         mesh._owned_dir = base
         return mesh
 
-    def _hello(self, timeout: float) -> dict[str, PeerInfo]:
+    def _hello(self, timeout: float, peers: Sequence[str] | None = None) -> dict[str, PeerInfo]:
+        """Ask peers who they are; unreachable ones are marked down (all of them down: an error)."""
         mine = hash_digest()
-        futures = {p: self._executor.submit(self._pool.action, p, "hello", b"", timeout) for p in self.peers}
-        infos = {p: PeerInfo.from_bytes(f.result()) for p, f in futures.items()}
+        asked = list(self.peers if peers is None else peers)
+        futures = {p: self._executor.submit(self._pool.action, p, "hello", b"", timeout) for p in asked}
+        infos: dict[str, PeerInfo] = {}
+        failures: list[PeerUnreachableError] = []
+        for p, f in futures.items():
+            try:
+                infos[p] = PeerInfo.from_bytes(f.result())
+                self._down.pop(p, None)
+            except PeerUnreachableError as exc:
+                self._down[p] = time.monotonic()
+                failures.append(exc)
+        if peers is None and not infos:
+            raise failures[0]
+        for exc in failures:  # the mesh goes on without them
+            log.warning("peer %s is down, continuing without it: %s", exc.peer, exc)
         for p, info in infos.items():
             if info.hash_digest != mine or info.datafusion_version != datafusion.__version__:
                 raise PeerMismatchError(
@@ -177,6 +204,17 @@ class Mesh:
                     "install the same ematix-flow and datafusion on every peer"
                 )
         return infos
+
+    @property
+    def peers_alive(self) -> list[str]:
+        """Peers not known to be down (a down peer is asked again every few seconds)."""
+        return [p for p in self.peers if p not in self._down]
+
+    def _recheck_down(self) -> None:
+        """Peers found down a while ago get a quick hello: one that answers rejoins."""
+        due = [p for p, when in self._down.items() if time.monotonic() - when >= RECHECK_SECONDS]
+        if due:
+            self._hello(RECHECK_TIMEOUT, due)
 
     # ------------------------------------------------------------------ tables
     def _resolve(self, name: str, path: str | os.PathLike[str]) -> str:
@@ -260,6 +298,7 @@ class Mesh:
                 planned = plan_query(self._ctx, sql, keep)
             query_id = uuid.uuid4().hex
             self._queries += 1
+            self._recheck_down()
             state = QueryState(
                 query_id,
                 planned.graph,
@@ -267,6 +306,8 @@ class Mesh:
                 min_task_bytes=self.min_task_bytes,
                 local_reads=self.local_reads,
                 offset=self._queries,
+                max_attempts=self.max_attempts,
+                down=set(self._down),
             )
             stages = [StageReport(s.id, s.kind) for s in planned.graph.stages]
             report = RunReport(query_id, sql, stages, schema=planned.logical_schema, kept=dict(keep))
@@ -316,21 +357,43 @@ class Mesh:
     def _start(
         self, state: QueryState, planned: PlannedQuery
     ) -> tuple[pa.RecordBatch | None, Generator[pa.RecordBatch, None, None]]:
-        """Run every stage but the root, then start the root: its first batch and the rest."""
-        self._run_stages(state, planned)
+        """Run every stage but the root, then start the root: its first batch and the rest.
+
+        The root reads all of its inputs before it yields anything, so when a peer holding some of
+        them is gone, their producers are re-run on live peers and the root starts again.
+        """
         root = planned.graph.root
-        try:
-            self._fill_schemas(state, planned, root.inputs)
-            plan, _ = self._runner.prepare(state.root_spec(), self._scratch / state.query_id)
-            rest = stream_partitions(self._runner.ctx, plan)
-            return next(rest, None), rest
-        except TaskFailedError as exc:
-            exc.stage = root.id if exc.stage < 0 else exc.stage
-            raise
+        while True:
+            self._run_stages(state, planned)
+            try:
+                self._fill_schemas(state, planned, root.inputs)
+                plan, _ = self._runner.prepare(state.root_spec(), self._scratch / state.query_id)
+                rest = stream_partitions(self._runner.ctx, plan)
+                return next(rest, None), rest
+            except PeerUnreachableError as exc:
+                self._peer_failed(state, None, exc)
+            except TaskFailedError as exc:
+                exc.stage = root.id if exc.stage < 0 else exc.stage
+                raise
+
+    def _peer_failed(self, state: QueryState, a: Assignment | None, exc: PeerUnreachableError) -> None:
+        """A peer is gone: the state re-plans around it (or raises when it cannot), the mesh notes it."""
+        peer = exc.peer or (a.peer if a else "")
+        log.warning("query=%s: peer %s is down (%s); re-running what it held", state.query_id, peer, exc)
+        if a is not None:
+            state.task_failed(a, exc)
+        else:
+            state.peer_down(peer)
+            state.root_attempts += 1
+            if state.root_attempts > state.max_attempts or not state.live_peers:
+                raise exc
+        self._down[peer] = time.monotonic()
 
     def _finish(self, report: RunReport, state: QueryState, t0: float) -> None:
         """Record what ran and release the query's files (idempotent)."""
         if report.query_id in self._open:
+            report.retries = state.retries
+            report.peers_lost = list(state.lost)
             for rec in state.records:
                 report.stages[rec.stage].tasks.append(rec)
             report.seconds = time.perf_counter() - t0
@@ -341,9 +404,9 @@ class Mesh:
         running: dict[Future[bytes], Assignment] = {}
         try:
             while True:
-                for stage in state.ready():
+                for stage in state.launchable():
                     self._fill_schemas(state, planned, stage.inputs)
-                    for a in state.assign(stage):
+                    for a in state.launch(stage):
                         fut = self._executor.submit(
                             self._pool.action, a.peer, "run_task", a.spec.to_bytes(), self.task_timeout
                         )
@@ -355,6 +418,9 @@ class Mesh:
                     a = running.pop(fut)
                     try:
                         body = fut.result()
+                    except PeerUnreachableError as exc:
+                        self._peer_failed(state, a, exc)
+                        continue
                     except TaskFailedError as exc:
                         exc.stage = a.stage if exc.stage < 0 else exc.stage
                         raise
@@ -384,7 +450,8 @@ class Mesh:
         if peers is None:
             return
         shutil.rmtree(self._scratch / query_id, ignore_errors=True)
-        for f in [self._executor.submit(self._release_on, p, query_id) for p in peers]:
+        live = [p for p in peers if p not in self._down]  # a dead peer's files went with it
+        for f in [self._executor.submit(self._release_on, p, query_id) for p in live]:
             f.result()
 
     def _release_on(self, peer: str, query_id: str) -> None:

@@ -76,6 +76,8 @@ class RunReport:
     schema: pa.Schema | None = None  # the result's (logical) schema, known once planned
     kept: dict[int, str] = field(default_factory=dict)  # exchanges kept inside stages after a re-plan
     note: str = ""  # e.g. why the query ran in-process
+    retries: int = 0  # tasks run again because a peer died
+    peers_lost: list[str] = field(default_factory=list)
 
     @property
     def peers_used(self) -> set[str]:
@@ -93,6 +95,9 @@ class RunReport:
         ]
         if self.note:
             lines.append(f"  {self.note}")
+        if self.retries:
+            lost = ", ".join(self.peers_lost)
+            lines.append(f"  {self.retries} tasks re-run after peers were lost: {lost}")
         for reason in sorted(set(self.kept.values())):
             lines.append(f"  re-planned: exchanges kept inside a stage ({reason})")
         for s in self.stages:

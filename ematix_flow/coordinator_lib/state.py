@@ -1,8 +1,13 @@
 """The state of one running query: a pure object (no I/O) that the mesh shell drives.
 
-It decides which stages are ready (all their inputs complete: independent stages run at the same
-time), how many tasks a stage gets (following the bytes it reads, at most one per partition and
-per peer), where they go (the least-loaded peers of this query), and what each task reads.
+Events in (a task finished, a task failed, a peer is down), instructions out (tasks to launch).
+It decides how many tasks a stage gets (following the bytes it reads, at most one per partition and
+per peer), where they go (the least-loaded live peers of this query), and what each task reads.
+A task launches as soon as every stage it reads is complete, so independent stages overlap.
+
+When a peer dies, every task whose outputs lived there is run again on a live peer (lineage), and
+the tasks that could not read them are relaunched once their inputs are whole again; a task gets
+``max_attempts`` tries before the query fails with an error naming the stage and the peers.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import math
 from dataclasses import dataclass, field
 
 from ematix_flow.engine.exchange import merge_nullability
-from ematix_flow.planner.slicing import Parts, plan_tasks, slice_stage
+from ematix_flow.errors import PeerUnreachableError
+from ematix_flow.planner.slicing import Parts, TaskSlice, plan_tasks, slice_stage
 from ematix_flow.planner.stages import Stage, StageGraph, StageInput
 from ematix_flow.transport.messages import OutputRef, TaskResult, TaskSpec
 
@@ -25,6 +31,7 @@ class Assignment:
     peer: str
     parts: Parts
     spec: TaskSpec
+    attempt: int = 1
 
 
 @dataclass
@@ -39,22 +46,40 @@ class TaskRecord:
     seconds: float
     fetched_bytes: int
     output_bytes: int
+    attempt: int = 1
+
+
+@dataclass
+class _Slot:
+    """One task of a stage, across its attempts."""
+
+    parts: Parts
+    slice: TaskSlice
+    state: str = "pending"  # pending | running | done
+    peer: str = ""
+    attempts: int = 0  # launches
+    failures: int = 0  # launches that failed (a completed task whose outputs were lost is not one)
+    result: TaskResult | None = None
+    peers_tried: list[str] = field(default_factory=list)
 
 
 @dataclass
 class _StageRun:
-    tasks: int = 0
-    results: dict[int, tuple[str, TaskResult]] = field(default_factory=dict)
+    slots: list[_Slot]
     schema: bytes | None = None
     names: list[str] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
-        return self.tasks > 0 and len(self.results) == self.tasks
+        return all(s.state == "done" for s in self.slots)
+
+    @property
+    def results(self) -> dict[int, tuple[str, TaskResult]]:
+        return {t: (s.peer, s.result) for t, s in enumerate(self.slots) if s.result is not None}
 
 
 class QueryState:
-    """Which stages ran where, and what their consumers need to read."""
+    """Which tasks ran where, which must run (again), and what their consumers read."""
 
     def __init__(
         self,
@@ -65,34 +90,50 @@ class QueryState:
         min_task_bytes: int,
         local_reads: bool,
         offset: int = 0,
+        max_attempts: int = 3,
+        down: set[str] | None = None,
     ) -> None:
         self.query_id = query_id
         self.graph = graph
         self.peers = list(peers)
         self.min_task_bytes = max(1, min_task_bytes)
         self.local_reads = local_reads
+        self.max_attempts = max_attempts
+        self.down: set[str] = set(down or ())
         self.load = {p: 0 for p in peers}
         self._order = {p: (i - offset) % max(1, len(peers)) for i, p in enumerate(peers)}
         self.runs: dict[int, _StageRun] = {}
         self.records: list[TaskRecord] = []
+        self.retries = 0
+        self.root_attempts = 0
+        self.lost: list[str] = []  # peers found dead while this query ran
 
     # ------------------------------------------------------------ decisions
-    def ready(self) -> list[Stage]:
-        """Non-root stages not started whose inputs are all complete."""
-        return [
-            s
-            for s in self.graph.stages[:-1]
-            if s.id not in self.runs and all(self.stage_done(i.stage) for i in s.inputs)
-        ]
+    @property
+    def live_peers(self) -> list[str]:
+        """Peers not known to be down."""
+        return [p for p in self.peers if p not in self.down]
 
     def stage_done(self, stage_id: int) -> bool:
-        """True when every task of the stage finished."""
+        """True when every task of the stage has its outputs."""
         run = self.runs.get(stage_id)
         return run is not None and run.done
 
     def root_ready(self) -> bool:
         """True when the root stage can run."""
         return all(self.stage_done(i.stage) for i in self.graph.root.inputs)
+
+    def finished(self) -> bool:
+        """True when nothing is left to run before the root."""
+        return self.root_ready()
+
+    def ready(self) -> list[Stage]:
+        """Non-root stages not yet started whose inputs are all complete."""
+        return [
+            s
+            for s in self.graph.stages[:-1]
+            if s.id not in self.runs and all(self.stage_done(i.stage) for i in s.inputs)
+        ]
 
     def missing_schemas(self, stage: Stage) -> list[Stage]:
         """Producers of ``stage`` that wrote no rows at all (so reported no schema)."""
@@ -107,21 +148,28 @@ class QueryState:
         """Tasks for a stage: as many as its bytes justify, at most one per partition and per peer."""
         nbytes = slice_stage(stage, None).scan_bytes + sum(self._output_bytes(i.stage) for i in stage.inputs)
         by_data = max(1, math.ceil(nbytes / self.min_task_bytes))
-        return max(1, min(len(self.peers), stage.split_partitions, by_data))
+        return max(1, min(len(self.live_peers), stage.split_partitions, by_data))
 
-    def assign(self, stage: Stage) -> list[Assignment]:
-        """Start ``stage``: slice it into tasks, place them, build their specs."""
+    def start(self, stage: Stage) -> None:
+        """Slice a ready stage into tasks (placed when launched)."""
         slices = plan_tasks(stage, self.task_count(stage))
-        self.runs[stage.id] = _StageRun(tasks=len(slices))
-        out = []
-        for t, (parts, sl) in enumerate(slices):
-            peer = min(self.peers, key=lambda p: (self.load[p], self._order[p]))
-            self.load[peer] += 1
-            spec = TaskSpec(
-                self.query_id, stage.id, t, sl.plan, self._inputs(stage, sl.inputs), self.local_reads
-            )
-            out.append(Assignment(stage.id, t, peer, parts, spec))
-        return out
+        self.runs[stage.id] = _StageRun([_Slot(parts, sl) for parts, sl in slices])
+
+    def launchable(self) -> list[Stage]:
+        """Start every ready stage; return the stages with tasks to launch now (inputs complete)."""
+        for stage in self.ready():
+            self.start(stage)
+        return [
+            self.graph[sid]
+            for sid, run in sorted(self.runs.items())
+            if any(s.state == "pending" for s in run.slots)
+            and all(self.stage_done(i.stage) for i in self.graph[sid].inputs)
+        ]
+
+    def launch(self, stage: Stage) -> list[Assignment]:
+        """Place every pending task of ``stage`` on a live peer (its inputs must be complete)."""
+        run = self.runs[stage.id]
+        return [self._launch(stage, t, slot) for t, slot in enumerate(run.slots) if slot.state == "pending"]
 
     def root_spec(self) -> TaskSpec:
         """The spec of the root stage, which the submitter runs itself."""
@@ -133,20 +181,72 @@ class QueryState:
     def task_done(self, a: Assignment, result: TaskResult) -> None:
         """Record a finished task."""
         run = self.runs[a.stage]
-        run.results[a.task] = (a.peer, result)
+        slot = run.slots[a.task]
+        if slot.state != "running" or slot.peer != a.peer:
+            return  # a stale attempt (its peer was declared down meanwhile)
+        slot.state, slot.result = "done", result
         if result.schema is not None:
-            if run.schema is None:
-                run.schema, run.names = result.schema, result.names
-            else:
-                run.schema = merge_nullability(run.schema, result.schema)
+            run.schema = result.schema if run.schema is None else merge_nullability(run.schema, result.schema)
+            run.names = run.names or result.names
         out_bytes = sum(o.nbytes for o in result.output_list())
         self.records.append(
             TaskRecord(
-                a.stage, a.task, a.peer, a.parts, result.rows, result.seconds, result.fetched_bytes, out_bytes
+                a.stage,
+                a.task,
+                a.peer,
+                a.parts,
+                result.rows,
+                result.seconds,
+                result.fetched_bytes,
+                out_bytes,
+                a.attempt,
             )
         )
 
+    def task_failed(self, a: Assignment, error: PeerUnreachableError) -> None:
+        """A task failed because a peer is gone: mark it down, re-run what it held, retry the task.
+
+        Raises ``error`` (with the stage and peers named) when the task is out of attempts or no
+        peer is left. Any other failure is not retried: the shell raises it as it is.
+        """
+        slot = self.runs[a.stage].slots[a.task]
+        if slot.state == "running" and slot.peer == a.peer:
+            slot.state = "pending"
+        slot.failures += 1
+        self.peer_down(error.peer or a.peer)
+        if slot.failures >= self.max_attempts or not self.live_peers:
+            tried = ", ".join(slot.peers_tried)
+            raise PeerUnreachableError(
+                f"stage {a.stage} task {a.task} failed {slot.failures} times (peers tried: {tried}; "
+                f"down: {', '.join(sorted(self.down))}): {error}",
+                peer=error.peer,
+            ) from error
+        self.retries += 1
+
+    def peer_down(self, peer: str) -> None:
+        """Forget everything ``peer`` held: its finished outputs are re-made elsewhere (lineage)."""
+        if peer in self.down or peer not in self.load:
+            return
+        self.down.add(peer)
+        self.lost.append(peer)
+        for run in self.runs.values():
+            for slot in run.slots:
+                if slot.peer == peer and slot.state in ("done", "running"):
+                    slot.state, slot.result = "pending", None
+
     # ------------------------------------------------------------ helpers
+    def _launch(self, stage: Stage, t: int, slot: _Slot) -> Assignment:
+        live = self.live_peers
+        fresh = [p for p in live if p not in slot.peers_tried] or live
+        peer = min(fresh, key=lambda p: (self.load[p], self._order[p]))
+        self.load[peer] += 1
+        slot.state, slot.peer = "running", peer
+        slot.attempts += 1
+        slot.peers_tried.append(peer)
+        inputs = self._inputs(stage, slot.slice.inputs)
+        spec = TaskSpec(self.query_id, stage.id, t, slot.slice.plan, inputs, self.local_reads)
+        return Assignment(stage.id, t, peer, slot.parts, spec, slot.attempts)
+
     def _output_bytes(self, stage_id: int) -> int:
         run = self.runs.get(stage_id)
         if run is None:
@@ -161,8 +261,7 @@ class QueryState:
         assert run.schema is not None, "missing producer schema (call set_schema first)"
         pieces: dict[int, list[dict[str, object]]] = {}
         gathered: list[list[dict[str, object]]] = []
-        for task in sorted(run.results):
-            peer, result = run.results[task]
+        for task, (peer, result) in sorted(run.results.items()):
             for o in result.output_list():
                 ref = OutputRef(self.query_id, inp.stage, task, o.partition).to_bytes()
                 src: dict[str, object] = {

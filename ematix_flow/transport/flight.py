@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 
@@ -25,8 +26,10 @@ _REMOTE_ERRORS: dict[str, type[FlowError]] = {
     "PlanningError": PlanningError,
     "ProtocolError": ProtocolError,
     "TaskFailedError": TaskFailedError,
+    "PeerUnreachableError": PeerUnreachableError,
     "FlowError": FlowError,
 }
+_UNREACHABLE = re.compile(r"peer (\S+) is unreachable")
 
 
 def remote_error(exc: BaseException) -> flight.FlightServerError:
@@ -47,6 +50,10 @@ def translate(exc: BaseException, address: str, what: str) -> FlowError:
                 msg = line.split(marker, 1)[1].split(". Detail:")[0].strip()
                 if cls is TaskFailedError:
                     return TaskFailedError(f"{what} failed on peer {address}: {msg}", peer=address)
+                if cls is PeerUnreachableError:  # the peer we called could not reach another one
+                    m = _UNREACHABLE.search(msg)
+                    other = m.group(1) if m else ""
+                    return PeerUnreachableError(f"{what} on peer {address}: {msg}", peer=other)
                 return cls(msg)
     low = text.lower()
     if any(k in low for k in ("ssl", "handshake", "certificate", "tls")):
@@ -57,7 +64,8 @@ def translate(exc: BaseException, address: str, what: str) -> FlowError:
     if isinstance(exc, flight.FlightUnavailableError | flight.FlightTimedOutError | ConnectionError):
         return PeerUnreachableError(
             f"peer {address} is unreachable while {what} ({first[:120]}): is flow-worker running there "
-            "and is the address in --peers right?"
+            "and is the address in --peers right?",
+            peer=address,
         )
     if isinstance(exc, flight.FlightUnauthenticatedError | flight.FlightUnauthorizedError):
         return TLSError(f"peer {address} refused us while {what}: {first[:160]}")
