@@ -21,6 +21,7 @@ from ematix_flow.errors import (
     PlanningError,
     ProtocolError,
     QueryError,
+    QueryTimeoutError,
     TaskFailedError,
     TLSError,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "PlanningError",
     "ProtocolError",
     "QueryError",
+    "QueryTimeoutError",
     "RunReport",
     "TLSConfig",
     "TLSError",

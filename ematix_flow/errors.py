@@ -32,6 +32,10 @@ class PeerMismatchError(FlowError):
     """A peer runs an incompatible engine (other version or hash digest): it must not share a query."""
 
 
+class QueryTimeoutError(FlowError):
+    """A query ran longer than its timeout; its tasks were cancelled on every peer."""
+
+
 class QueryError(FlowError):
     """The SQL is invalid or references something that does not exist (not retried)."""
 

@@ -98,6 +98,7 @@ def open_mesh(
 @click.option("--max-rows", type=int, default=100, show_default=True, help="Rows shown by --format table.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
 @click.option("--report", is_flag=True, help="Print which stages ran where (tasks, peers, rows) on stderr.")
+@click.option("--timeout", type=float, help="Cancel the query on every peer after SECONDS.")
 def sql(
     peers: str | None,
     tls_dir: str | None,
@@ -114,6 +115,7 @@ def sql(
     max_rows: int,
     quiet: bool,
     report: bool,
+    timeout: float | None,
 ) -> None:
     """Run a SQL query on the mesh and print or save the result.
 
@@ -128,7 +130,9 @@ def sql(
     t0 = time.perf_counter()
     with open_mesh(peers, tls_dir, tls_name, insecure, local, partitions=partitions) as mesh:
         register_all(mesh, tables, tables_dir)
-        rows = _write(mesh.sql_batches(text), fmt, output, max_rows, lambda: _result_schema(mesh))
+        rows = _write(
+            mesh.sql_batches(text, timeout=timeout), fmt, output, max_rows, lambda: _result_schema(mesh)
+        )
         if report and mesh.last_run:
             click.echo(str(mesh.last_run), err=True)
         if not quiet:

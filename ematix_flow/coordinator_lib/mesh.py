@@ -31,6 +31,7 @@ from ematix_flow.errors import (
     FlowError,
     PeerMismatchError,
     PeerUnreachableError,
+    QueryTimeoutError,
     TaskFailedError,
 )
 from ematix_flow.transport.flight import ClientPool
@@ -48,6 +49,8 @@ MAX_REPLANS = 3
 
 #: A peer found down is asked again (with a short hello) after this many seconds.
 RECHECK_SECONDS = 5.0
+#: After a cancel, how long running tasks get to stop before the query's files are released anyway.
+CANCEL_WAIT_SECONDS = 10.0
 RECHECK_TIMEOUT = 2.0
 
 
@@ -95,6 +98,7 @@ class Mesh:
         local_reads: bool = True,
         local_below_bytes: int = DEFAULT_LOCAL_BELOW_BYTES,
         max_attempts: int = 3,
+        query_timeout: float | None = None,
         connect_timeout: float = 5.0,
         task_timeout: float | None = None,
         settings: dict[str, str] | None = None,
@@ -116,6 +120,7 @@ class Mesh:
         self.local_reads = local_reads
         self.local_below_bytes = local_below_bytes
         self.max_attempts = max_attempts
+        self.query_timeout = query_timeout
         self.task_timeout = task_timeout
         self.workers: list[LocalWorker] = []
         self.last_run: RunReport | None = None
@@ -194,8 +199,8 @@ class Mesh:
                 failures.append(exc)
         if peers is None and not infos:
             raise failures[0]
-        for exc in failures:  # the mesh goes on without them
-            log.warning("peer %s is down, continuing without it: %s", exc.peer, exc)
+        for failure in failures:  # the mesh goes on without them
+            log.warning("peer %s is down, continuing without it: %s", failure.peer, failure)
         for p, info in infos.items():
             if info.hash_digest != mine or info.datafusion_version != datafusion.__version__:
                 raise PeerMismatchError(
@@ -268,25 +273,33 @@ class Mesh:
             f"{self.local_below_bytes / 1e6:.1f} MB adaptive gate (Mesh(local_below_bytes=0) distributes it)"
         )
 
-    def sql(self, sql: str) -> pa.Table:
-        """Run ``sql`` on the mesh and return the whole result."""
+    def sql(self, sql: str, *, timeout: float | None = None) -> pa.Table:
+        """Run ``sql`` on the mesh and return the whole result.
+
+        ``timeout`` (seconds) bounds the whole query: past it, its tasks are cancelled on every peer
+        and QueryTimeoutError is raised.
+        """
         schema: list[pa.Schema] = []
-        batches = list(self._batches(sql, schema))
+        batches = list(self._batches(sql, schema, timeout))
         if not batches:
             return schema[0].empty_table()
         return pa.Table.from_batches(batches, schema=batches[0].schema)
 
-    def sql_batches(self, sql: str) -> Generator[pa.RecordBatch, None, None]:
+    def sql_batches(self, sql: str, *, timeout: float | None = None) -> Generator[pa.RecordBatch, None, None]:
         """Run ``sql`` on the mesh and yield the result batch by batch.
 
         Close the generator (or the Mesh) to stop early: either releases the query's files on the peers.
         """
-        return self._batches(sql, [])
+        return self._batches(sql, [], timeout)
 
-    def _batches(self, sql: str, schema_out: list[pa.Schema]) -> Generator[pa.RecordBatch, None, None]:
+    def _batches(
+        self, sql: str, schema_out: list[pa.Schema], timeout: float | None = None
+    ) -> Generator[pa.RecordBatch, None, None]:
         if self._closed:
             raise ConfigError("this Mesh is closed: open a new one")
         t0 = time.perf_counter()
+        timeout = timeout if timeout is not None else self.query_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         keep: dict[int, str] = {}
         planned = plan_query(self._ctx, sql)
         schema_out.append(planned.logical_schema)
@@ -313,7 +326,7 @@ class Mesh:
             report = RunReport(query_id, sql, stages, schema=planned.logical_schema, kept=dict(keep))
             self._open[query_id] = set(self.peers)
             try:
-                first, rest = self._start(state, planned)
+                first, rest = self._start(state, planned, deadline)
                 break
             except BaseException as exc:
                 self._finish(report, state, t0)
@@ -331,6 +344,8 @@ class Mesh:
                 report.rows += first.num_rows
                 yield first
             for batch in rest:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise QueryTimeoutError(f"query timed out after {timeout:g} s while streaming its result")
                 report.rows += batch.num_rows
                 yield batch
         finally:
@@ -355,7 +370,7 @@ class Mesh:
             self.last_run = report
 
     def _start(
-        self, state: QueryState, planned: PlannedQuery
+        self, state: QueryState, planned: PlannedQuery, deadline: float | None = None
     ) -> tuple[pa.RecordBatch | None, Generator[pa.RecordBatch, None, None]]:
         """Run every stage but the root, then start the root: its first batch and the rest.
 
@@ -364,7 +379,7 @@ class Mesh:
         """
         root = planned.graph.root
         while True:
-            self._run_stages(state, planned)
+            self._run_stages(state, planned, deadline)
             try:
                 self._fill_schemas(state, planned, root.inputs)
                 plan, _ = self._runner.prepare(state.root_spec(), self._scratch / state.query_id)
@@ -400,7 +415,7 @@ class Mesh:
             self.last_run = report
         self._release(report.query_id)
 
-    def _run_stages(self, state: QueryState, planned: PlannedQuery) -> None:
+    def _run_stages(self, state: QueryState, planned: PlannedQuery, deadline: float | None = None) -> None:
         running: dict[Future[bytes], Assignment] = {}
         try:
             while True:
@@ -413,7 +428,13 @@ class Mesh:
                         running[fut] = a
                 if not running:
                     return
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise QueryTimeoutError(
+                        f"query timed out with {len(running)} tasks still running: its tasks were cancelled "
+                        "(give it more time with --timeout / Mesh.sql(..., timeout=))"
+                    )
+                done, _ = wait(running, timeout=left, return_when=FIRST_COMPLETED)
                 for fut in done:
                     a = running.pop(fut)
                     try:
@@ -426,8 +447,23 @@ class Mesh:
                         raise
                     state.task_done(a, TaskResult.from_bytes(body))
         except BaseException:
-            wait(running)  # let in-flight tasks end before their files are released
+            if running:  # stop in-flight tasks, then let them end before their files are released
+                self._cancel(state.query_id, {a.peer for a in running.values()})
+                wait(running, timeout=CANCEL_WAIT_SECONDS)
             raise
+
+    def _cancel(self, query_id: str, peers: set[str]) -> None:
+        """Ask peers to stop a query's tasks (best effort, short timeouts)."""
+        futures = [
+            self._executor.submit(self._pool.action, p, "cancel", query_id.encode(), RECHECK_TIMEOUT)
+            for p in peers
+            if p not in self._down
+        ]
+        for f in futures:
+            try:
+                f.result()
+            except FlowError as exc:
+                log.info("query=%s cancel failed: %s", query_id, exc)
 
     def _fill_schemas(self, state: QueryState, planned: PlannedQuery, inputs: Sequence[Any]) -> None:
         """Give producers that wrote no rows a schema (from EXPLAIN: only needed in that case)."""

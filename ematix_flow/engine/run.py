@@ -50,8 +50,13 @@ def _execution_error(exc: BaseException) -> TaskFailedError:
     return TaskFailedError(f"execution failed: {_first_line(exc)}")
 
 
-def write_partitions(ctx: SessionContext, plan: ExecutionPlan, out_dir: Path) -> list[PartitionOutput]:
-    """Run every partition of ``plan`` concurrently, each written to ``out_dir/p<k>.arrow``."""
+def write_partitions(
+    ctx: SessionContext, plan: ExecutionPlan, out_dir: Path, cancel: threading.Event | None = None
+) -> list[PartitionOutput]:
+    """Run every partition of ``plan`` concurrently, each written to ``out_dir/p<k>.arrow``.
+
+    Setting ``cancel`` stops every partition at its next batch (the task then fails as cancelled).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     n = plan.partition_count
     results: list[PartitionOutput | None] = [None] * n
@@ -66,6 +71,8 @@ def write_partitions(ctx: SessionContext, plan: ExecutionPlan, out_dir: Path) ->
         renamed = False
         try:
             for rb in ctx.execute(plan, p):
+                if cancel is not None and cancel.is_set():
+                    raise TaskFailedError("cancelled by the submitter")
                 batch = rb.to_pyarrow()
                 if batch.num_rows == 0:
                     continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from ematix_flow import __version__
 from ematix_flow.engine.digest import hash_digest
 from ematix_flow.engine.exchange import host_id
 from ematix_flow.engine.settings import execution_context
-from ematix_flow.errors import FlowError, ProtocolError
+from ematix_flow.errors import FlowError, ProtocolError, TaskFailedError
 from ematix_flow.transport.flight import ClientPool, remote_error
 from ematix_flow.transport.messages import OutputRef, PeerInfo, TaskSpec
 from ematix_flow.transport.tls import TLSConfig, flight_server_kwargs, location
@@ -24,10 +25,14 @@ from ematix_flow.worker.tasks import TaskRunner
 
 log = logging.getLogger(__name__)
 
+#: How long a cancelled query id is remembered (a task of it arriving late is refused meanwhile).
+CANCEL_MEMORY_SECONDS = 600.0
+
 ACTIONS = {
     "hello": "who this peer is: version, engine digest, peers it knows",
     "run_task": "run one task (msgpack TaskSpec); answers a TaskResult",
     "release": "remove every file held for a query id",
+    "cancel": "stop the running tasks of a query id and remove its files",
 }
 
 
@@ -54,6 +59,9 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         self.pool = ClientPool(tls)
         self.runner = TaskRunner(execution_context(), self.pool, work_dir, fetch_timeout=300.0)
         self._lock = threading.Lock()
+        self._cancels: dict[str, threading.Event] = {}  # query id -> set when cancelled
+        self._running: dict[str, int] = {}  # query id -> tasks running now
+        self._cancelled_at: dict[str, float] = {}
         self.tasks_run = 0
 
     # ----------------------------------------------------------------- actions
@@ -72,6 +80,8 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
                 yield flight.Result(self._run_task(body))
             elif kind == "release":
                 self.store.release(check_query_id(body.decode("utf-8", "replace")))
+            elif kind == "cancel":
+                self._cancel(check_query_id(body.decode("utf-8", "replace")))
                 yield flight.Result(b"ok")
             else:  # a client mistake: answered as a ProtocolError, logged without a traceback
                 raise ProtocolError(
@@ -102,10 +112,37 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         check_query_id(spec.query_id)
         task_dir = self.store.task_dir(spec.query_id, spec.stage, spec.task)
         log.debug("query=%s stage=%d task=%d starting", spec.query_id, spec.stage, spec.task)
-        result = self.runner.run(spec, task_dir)
+        with self._lock:
+            cancel = self._cancels.setdefault(spec.query_id, threading.Event())
+            self._running[spec.query_id] = self._running.get(spec.query_id, 0) + 1
+        try:
+            if cancel.is_set():
+                raise TaskFailedError("cancelled by the submitter")
+            result = self.runner.run(spec, task_dir, cancel)
+        finally:
+            with self._lock:
+                self._running[spec.query_id] -= 1
+                if not self._running[spec.query_id]:
+                    del self._running[spec.query_id]
+                    if not cancel.is_set():
+                        self._cancels.pop(spec.query_id, None)
+            if cancel.is_set():
+                self.store.release(spec.query_id)  # files a cancelled task wrote after the cancel
         with self._lock:
             self.tasks_run += 1
         return result.to_bytes()
+
+    def _cancel(self, query_id: str) -> None:
+        """Stop the query's running tasks at their next batch and drop its files (also future tasks)."""
+        with self._lock:
+            self._cancels.setdefault(query_id, threading.Event()).set()
+            self._cancelled_at[query_id] = time.monotonic()
+            now = time.monotonic()
+            for old in [q for q, t in self._cancelled_at.items() if now - t > CANCEL_MEMORY_SECONDS]:
+                self._cancelled_at.pop(old, None)
+                if old not in self._running:
+                    self._cancels.pop(old, None)
+        self.store.release(query_id)
 
     # ----------------------------------------------------------------- data
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:

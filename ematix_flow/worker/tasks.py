@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -55,7 +56,7 @@ class TaskRunner:
         plan = splice(spec.plan, scans) if scans else spec.plan
         return decode(self.ctx, plan), fetched
 
-    def run(self, spec: TaskSpec, task_dir: Path) -> TaskResult:
+    def run(self, spec: TaskSpec, task_dir: Path, cancel: threading.Event | None = None) -> TaskResult:
         """Run a producer task; its outputs stay in ``task_dir/out`` until the query is released."""
         t0 = time.perf_counter()
         if task_dir.exists():
@@ -63,7 +64,7 @@ class TaskRunner:
         task_dir.mkdir(parents=True)
         try:
             plan, fetched = self.prepare(spec, task_dir)
-            parts = write_partitions(self.ctx, plan, task_dir / "out")
+            parts = write_partitions(self.ctx, plan, task_dir / "out", cancel)
         finally:
             for p in task_dir.glob("in*"):
                 shutil.rmtree(p, ignore_errors=True)  # consumed inputs

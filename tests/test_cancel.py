@@ -1,0 +1,36 @@
+"""A query past its timeout is cancelled on every peer: tasks stop, files go, peers keep serving."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from support import local_mesh, query_dirs, wait_until
+
+from ematix_flow import QueryTimeoutError
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+# a nested-loop join of 100k x 100k rows that keeps emitting batches for far longer than the timeout
+SLOW = "SELECT a.k, b.k AS k2 FROM big a JOIN big b ON (a.k * 7 + b.k) % 100000 = 0"
+
+
+def test_timeout_cancels_the_query_everywhere(tmp_path: Path) -> None:
+    data = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"k": pa.array(range(100_000), pa.int64())}), data)
+    work = tmp_path / "mesh"
+    work.mkdir()
+    with local_mesh(workers=2, min_task_bytes=1, work_dir=work) as mesh:
+        mesh.register_parquet("big", data)
+        started = time.monotonic()
+        with pytest.raises(QueryTimeoutError, match="timed out"):
+            mesh.sql(SLOW, timeout=1.5)
+        assert time.monotonic() - started < 15
+        wait_until(lambda: not query_dirs(work / next(work.iterdir()).name / "work"), 15, "no files left")
+        # the peers stopped the cancelled tasks and answer the next query at once
+        started = time.monotonic()
+        assert mesh.sql("SELECT count(*) AS n FROM big").column("n").to_pylist() == [100_000]
+        assert time.monotonic() - started < 10
