@@ -151,8 +151,17 @@ def local_mesh(**options: Any) -> Iterator[Mesh]:
 @contextmanager
 def spawned_workers(count: int, tls_dir: Path | None, work_dir: Path) -> Iterator[list[LocalWorker]]:
     """``count`` workers from ``spawn_worker`` (started in parallel), stopped on exit."""
+    with spawned_workers_with(count, tls_dir, work_dir, []) as workers:
+        yield workers
+
+
+@contextmanager
+def spawned_workers_with(
+    count: int, tls_dir: Path | None, work_dir: Path, extra: list[str]
+) -> Iterator[list[LocalWorker]]:
+    """Like ``spawned_workers``, with extra ``flow-worker`` flags."""
     with ThreadPoolExecutor(max_workers=count) as pool:
-        futures = [pool.submit(spawn_worker, tls_dir, work_dir) for _ in range(count)]
+        futures = [pool.submit(spawn_worker, tls_dir, work_dir, extra=extra) for _ in range(count)]
     workers: list[LocalWorker] = []
     errors: list[BaseException] = []
     for f in futures:

@@ -47,6 +47,12 @@ def _first_line(exc: BaseException) -> str:
 def _execution_error(exc: BaseException) -> TaskFailedError:
     if isinstance(exc, TaskFailedError):
         return exc
+    text = str(exc)
+    if "Resources exhausted" in text:
+        detail = text.split("Resources exhausted:", 1)[-1].strip().splitlines()[0][:200]
+        return TaskFailedError(
+            f"out of memory under the worker's --memory-limit ({detail}): raise the limit or add peers"
+        )
     return TaskFailedError(f"execution failed: {_first_line(exc)}")
 
 

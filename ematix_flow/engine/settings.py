@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datafusion import SessionConfig, SessionContext
+from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext
 
 #: Settings for every context that EXECUTES a task. Work stealing between file-scan partitions
 #: makes one partition of a scan return all rows (silently wrong results) when a task runs a share.
@@ -24,14 +24,24 @@ PLANNING_SETTINGS: dict[str, str] = {
 }
 
 
-def execution_context(target_partitions: int | None = None) -> SessionContext:
-    """A context safe for running task slices."""
+def execution_context(
+    target_partitions: int | None = None, memory_limit: int | None = None, spill_dir: str | None = None
+) -> SessionContext:
+    """A context safe for running task slices.
+
+    ``memory_limit`` (bytes) caps DataFusion's memory pool; operators that can spill (sorts,
+    aggregations, joins in part) spill to ``spill_dir``, the others fail with "Resources exhausted".
+    """
     config = SessionConfig()
     if target_partitions:
         config = config.with_target_partitions(target_partitions)
     for key, value in EXECUTION_SETTINGS.items():
         config = config.set(key, value)
-    return SessionContext(config)
+    if memory_limit is None:
+        return SessionContext(config)
+    runtime = RuntimeEnvBuilder().with_fair_spill_pool(memory_limit)
+    runtime = runtime.with_disk_manager_specified(spill_dir) if spill_dir else runtime.with_disk_manager_os()
+    return SessionContext(config, runtime)
 
 
 def planning_context(partitions: int, settings: dict[str, str] | None = None) -> SessionContext:

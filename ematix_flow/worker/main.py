@@ -19,6 +19,7 @@ import pyarrow as pa
 from ematix_flow.engine.digest import hash_digest
 from ematix_flow.errors import ConfigError, FlowError
 from ematix_flow.transport.tls import TLSConfig
+from ematix_flow.worker.limits import WorkerLimits
 
 if TYPE_CHECKING:
     from ematix_flow.worker.server import WorkerServer
@@ -45,6 +46,15 @@ def _split_peers(value: str) -> list[str]:
     "--work-dir", type=click.Path(file_okay=False), help="Where task outputs are kept [a temp dir]."
 )
 @click.option("--insecure", is_flag=True, help="Serve plaintext gRPC without TLS (testing only).")
+@click.option("--memory-limit", help="Cap DataFusion's memory (e.g. 2G, 512M); spills to the work dir.")
+@click.option("--max-tasks", type=int, default=0, help="Tasks run at once; more queue [2 x cores].")
+@click.option(
+    "--query-ttl",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="Seconds after which files of a query nobody released (its submitter vanished) are removed.",
+)
 @click.option(
     "--log-level",
     default="info",
@@ -59,6 +69,9 @@ def worker(
     tls_name: str,
     work_dir: str | None,
     insecure: bool,
+    memory_limit: str | None,
+    max_tasks: int,
+    query_ttl: float,
     log_level: str,
 ) -> None:
     """Run one ematix-flow peer: an Arrow Flight server over mutual TLS.
@@ -73,7 +86,12 @@ def worker(
     if log_level != "debug":  # gRPC logs a failed bind itself, in lines of its own; read once, at start
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
-        server = _start(listen, peers, tls_dir, tls_name, work_dir, insecure)
+        limits = WorkerLimits(
+            memory_limit=parse_size(memory_limit) if memory_limit else None,
+            max_tasks=max_tasks or 2 * (os.cpu_count() or 1),
+            query_ttl=query_ttl,
+        )
+        server = _start(listen, peers, tls_dir, tls_name, work_dir, insecure, limits)
     except FlowError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -102,8 +120,26 @@ def worker(
     server.close_all()
 
 
+def parse_size(text: str) -> int:
+    """``2G`` / ``512M`` / ``1048576`` -> bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if value and value[-1] in units:
+            return int(float(value[:-1]) * units[value[-1]])
+        return int(value)
+    except ValueError as exc:
+        raise ConfigError(f"--memory-limit {text!r}: use a size like 2G, 512M or a byte count") from exc
+
+
 def _start(
-    listen: str, peers: str, tls_dir: str | None, tls_name: str, work_dir: str | None, insecure: bool
+    listen: str,
+    peers: str,
+    tls_dir: str | None,
+    tls_name: str,
+    work_dir: str | None,
+    insecure: bool,
+    limits: WorkerLimits,
 ) -> WorkerServer:
     from ematix_flow.worker.server import WorkerServer
 
@@ -126,7 +162,7 @@ def _start(
     except OSError as exc:
         raise ConfigError(f"cannot create a work dir in {base}: {exc}") from exc
     try:
-        return WorkerServer(listen, tls=tls, work_dir=root, peers=_split_peers(peers))
+        return WorkerServer(listen, tls=tls, work_dir=root, peers=_split_peers(peers), limits=limits)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)  # a worker that never served leaves nothing behind
         raise

@@ -20,6 +20,7 @@ from ematix_flow.errors import FlowError, ProtocolError, TaskFailedError
 from ematix_flow.transport.flight import ClientPool, remote_error
 from ematix_flow.transport.messages import OutputRef, PeerInfo, TaskSpec
 from ematix_flow.transport.tls import TLSConfig, flight_server_kwargs, location
+from ematix_flow.worker.limits import WorkerLimits
 from ematix_flow.worker.store import WorkStore, check_query_id
 from ematix_flow.worker.tasks import TaskRunner
 
@@ -47,6 +48,7 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         work_dir: Path,
         peers: list[str] | None = None,
         name: str = "",
+        limits: WorkerLimits | None = None,
     ) -> None:
         kwargs: dict[str, Any] = flight_server_kwargs(tls) if tls else {}
         super().__init__(location(listen, tls), **kwargs)
@@ -57,7 +59,12 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         self.peers = list(peers or [])
         self.store = WorkStore(work_dir)
         self.pool = ClientPool(tls)
-        self.runner = TaskRunner(execution_context(), self.pool, work_dir, fetch_timeout=300.0)
+        self.limits = limits or WorkerLimits()
+        ctx = execution_context(memory_limit=self.limits.memory_limit, spill_dir=str(work_dir / "_spill"))
+        self.runner = TaskRunner(ctx, self.pool, work_dir, fetch_timeout=300.0)
+        self._slots = threading.BoundedSemaphore(max(1, self.limits.max_tasks))
+        self._stop = threading.Event()
+        threading.Thread(target=self._janitor, name="janitor", daemon=True).start()
         self._lock = threading.Lock()
         self._cancels: dict[str, threading.Event] = {}  # query id -> set when cancelled
         self._running: dict[str, int] = {}  # query id -> tasks running now
@@ -116,9 +123,10 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
             cancel = self._cancels.setdefault(spec.query_id, threading.Event())
             self._running[spec.query_id] = self._running.get(spec.query_id, 0) + 1
         try:
-            if cancel.is_set():
-                raise TaskFailedError("cancelled by the submitter")
-            result = self.runner.run(spec, task_dir, cancel)
+            with self._slots:  # at most max_tasks at once; the others wait here
+                if cancel.is_set():
+                    raise TaskFailedError("cancelled by the submitter")
+                result = self.runner.run(spec, task_dir, cancel)
         finally:
             with self._lock:
                 self._running[spec.query_id] -= 1
@@ -161,8 +169,21 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
             ) from exc
         return flight.RecordBatchStream(table)
 
+    def _janitor(self) -> None:
+        """Remove files of queries nobody released (their submitter vanished) once idle for the TTL."""
+        period = max(0.5, min(60.0, self.limits.query_ttl / 4))
+        while not self._stop.wait(period):
+            for query_id in self.store.queries():
+                with self._lock:
+                    busy = query_id in self._running
+                idle = self.store.idle_seconds(query_id)
+                if not busy and idle > self.limits.query_ttl:
+                    log.info("query=%s: expired after %.0fs without a release", query_id, idle)
+                    self.store.release(query_id)
+
     def close_all(self) -> None:
         """Stop serving and remove the work dir."""
+        self._stop.set()
         self.shutdown()
         self.pool.close()
         self.runner.fetchers.shutdown(wait=False, cancel_futures=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -56,6 +57,14 @@ class WorkStore:
         threading.Thread(
             target=shutil.rmtree, args=(trash,), kwargs={"ignore_errors": True}, daemon=True
         ).start()
+
+    def idle_seconds(self, query_id: str) -> float:
+        """Seconds since anything of the query was last written (0 when it is gone)."""
+        try:
+            paths = [self.root / query_id, *(self.root / query_id).rglob("*")]
+            return time.time() - max(p.stat().st_mtime for p in paths)
+        except (OSError, ValueError):
+            return 0.0
 
     def queries(self) -> list[str]:
         """Ids of the queries with files here."""
