@@ -32,6 +32,7 @@ from datafusion import SessionConfig, SessionContext
 from ematix_flow import tpcds, tpch
 from ematix_flow.compare import compare_tables, query_is_ordered
 from ematix_flow.errors import ConfigError, FlowError
+from ematix_flow.querysets import ParquetRegistrar
 
 __all__ = [
     "BENCHMARKS",
@@ -91,7 +92,7 @@ class _Benchmark(Protocol):
         """The file or folder of a table."""
         ...
 
-    def register_all(self, target: tpch.ParquetRegistrar, data_dir: str | Path) -> dict[str, Path]:
+    def register_all(self, target: ParquetRegistrar, data_dir: str | Path) -> dict[str, Path]:
         """Register every table on ``target``."""
         ...
 

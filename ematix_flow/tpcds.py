@@ -23,7 +23,7 @@ from pathlib import Path
 import duckdb
 
 from ematix_flow.errors import ConfigError
-from ematix_flow.tpch import ParquetRegistrar, table_path
+from ematix_flow.querysets import QuerySet, table_path
 
 __all__ = [
     "TABLES",
@@ -205,81 +205,10 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         os.replace(tmp / f"{name}.parquet", out / f"{name}.parquet")
 
 
-def query_dir() -> Path:
-    """The folder holding ``q01.sql`` ... ``q99.sql`` (``bench/tpcds/queries`` in the source tree).
-
-    Raises:
-        ConfigError: the folder is absent (an installed package without the source tree).
-    """
-    folder = Path(__file__).resolve().parents[1] / "bench" / "tpcds" / "queries"
-    if not folder.is_dir():
-        raise ConfigError(f"TPC-DS query texts not found at {folder}: run from a source checkout")
-    return folder
-
-
-def _name(n: int) -> str:
-    return f"q{n:02d}"
-
-
-def query(n: int) -> str:
-    """The SQL text of TPC-DS query ``n`` (1..99), without the trailing ``;``.
-
-    Raises:
-        ConfigError: ``n`` is not a TPC-DS query number or its file is missing.
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= QUERY_COUNT:
-        raise ConfigError(f"no TPC-DS query {n!r}: choose 1..{QUERY_COUNT}")
-    path = query_dir() / f"{_name(n)}.sql"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    return text.strip().rstrip(";").rstrip()
-
-
-def queries() -> dict[str, str]:
-    """All 99 query texts keyed ``"q01"`` ... ``"q99"``, in order."""
-    return {_name(n): query(n) for n in range(1, QUERY_COUNT + 1)}
-
-
-def parse_query_name(spec: str | int) -> int:
-    """Turn ``5``, ``"5"``, ``"q5"`` or ``"Q05"`` into the query number 5.
-
-    Raises:
-        ConfigError: ``spec`` names no TPC-DS query.
-    """
-    text = str(spec).strip().lower().removeprefix("q")
-    if not text.isdigit() or not 1 <= int(text) <= QUERY_COUNT:
-        raise ConfigError(f"no TPC-DS query {str(spec)!r}: use q01..q{QUERY_COUNT} or 1..{QUERY_COUNT}")
-    return int(text)
-
-
-def select_queries(spec: str | None) -> dict[str, str]:
-    """The queries named in a comma-separated ``spec`` such as ``"q01,q3,5"`` (all 99 when empty).
-
-    Raises:
-        ConfigError: a name is not a TPC-DS query.
-    """
-    if spec is None or not spec.strip():
-        return queries()
-    numbers = [parse_query_name(part) for part in spec.split(",") if part.strip()]
-    return {_name(n): query(n) for n in dict.fromkeys(numbers)}
-
-
-def register_all(target: ParquetRegistrar, data_dir: str | Path) -> dict[str, Path]:
-    """Register the 24 tables of ``data_dir`` on ``target`` (a ``SessionContext`` or a ``Mesh``).
-
-    Returns:
-        The path registered for each table.
-
-    Raises:
-        ConfigError: a table is missing from ``data_dir``.
-    """
-    registered: dict[str, Path] = {}
-    for name in TABLES:
-        path = table_path(data_dir, name)
-        if path is None:
-            raise ConfigError(f"table {name} missing from {data_dir}: run `flow tpcds gen --out {data_dir}`")
-        target.register_parquet(name, str(path))
-        registered[name] = path
-    return registered
+_SET = QuerySet("TPC-DS", "tpcds", QUERY_COUNT, TABLES)
+query_dir = _SET.query_dir
+query = _SET.query
+queries = _SET.queries
+parse_query_name = _SET.parse_query_name
+select_queries = _SET.select_queries
+register_all = _SET.register_all

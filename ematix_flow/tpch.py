@@ -17,9 +17,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Protocol
 
 from ematix_flow.errors import ConfigError
+from ematix_flow.querysets import QuerySet, table_path
 
 __all__ = [
     "TABLES",
@@ -54,14 +54,6 @@ QUERY_COUNT = 22
 _EXECUTABLE = "tpchgen-cli"
 
 
-class ParquetRegistrar(Protocol):
-    """Anything tables can be registered on: a DataFusion ``SessionContext`` or a ``Mesh``."""
-
-    def register_parquet(self, name: str, path: str, /) -> object:
-        """Register the Parquet file or folder ``path`` as table ``name``."""
-        ...
-
-
 def default_data_dir(sf: float) -> Path:
     """The conventional data folder for scale factor ``sf``: ``data/tpch-sf{sf}`` under the cwd."""
     return Path("data") / f"tpch-sf{sf:g}"
@@ -84,18 +76,6 @@ def find_tpchgen() -> Path:
     raise ConfigError(
         f"{_EXECUTABLE} not found next to {sys.executable} or on PATH: install it (pip install tpchgen-cli)"
     )
-
-
-def table_path(data_dir: str | Path, name: str) -> Path | None:
-    """The Parquet file (``name.parquet``) or folder (``name/``) of table ``name``, or None if absent."""
-    base = Path(data_dir)
-    single = base / f"{name}.parquet"
-    if single.is_file():
-        return single
-    folder = base / name
-    if folder.is_dir() and any(folder.glob("*.parquet")):
-        return folder
-    return None
 
 
 def is_generated(data_dir: str | Path) -> bool:
@@ -169,81 +149,10 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         os.replace(tmp / f"{name}.parquet", out / f"{name}.parquet")
 
 
-def query_dir() -> Path:
-    """The folder holding ``q01.sql`` ... ``q22.sql`` (``bench/tpch/queries`` in the source tree).
-
-    Raises:
-        ConfigError: the folder is absent (an installed package without the source tree).
-    """
-    folder = Path(__file__).resolve().parents[1] / "bench" / "tpch" / "queries"
-    if not folder.is_dir():
-        raise ConfigError(f"TPC-H query texts not found at {folder}: run from a source checkout")
-    return folder
-
-
-def _name(n: int) -> str:
-    return f"q{n:02d}"
-
-
-def query(n: int) -> str:
-    """The SQL text of TPC-H query ``n`` (1..22), without the trailing ``;``.
-
-    Raises:
-        ConfigError: ``n`` is not a TPC-H query number or its file is missing.
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= QUERY_COUNT:
-        raise ConfigError(f"no TPC-H query {n!r}: choose 1..{QUERY_COUNT}")
-    path = query_dir() / f"{_name(n)}.sql"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    return text.strip().rstrip(";").rstrip()
-
-
-def queries() -> dict[str, str]:
-    """All 22 query texts keyed ``"q01"`` ... ``"q22"``, in order."""
-    return {_name(n): query(n) for n in range(1, QUERY_COUNT + 1)}
-
-
-def parse_query_name(spec: str | int) -> int:
-    """Turn ``5``, ``"5"``, ``"q5"`` or ``"Q05"`` into the query number 5.
-
-    Raises:
-        ConfigError: ``spec`` names no TPC-H query.
-    """
-    text = str(spec).strip().lower().removeprefix("q")
-    if not text.isdigit() or not 1 <= int(text) <= QUERY_COUNT:
-        raise ConfigError(f"no TPC-H query {str(spec)!r}: use q01..q{QUERY_COUNT} or 1..{QUERY_COUNT}")
-    return int(text)
-
-
-def select_queries(spec: str | None) -> dict[str, str]:
-    """The queries named in a comma-separated ``spec`` such as ``"q01,q3,5"`` (all 22 when empty).
-
-    Raises:
-        ConfigError: a name is not a TPC-H query.
-    """
-    if spec is None or not spec.strip():
-        return queries()
-    numbers = [parse_query_name(part) for part in spec.split(",") if part.strip()]
-    return {_name(n): query(n) for n in dict.fromkeys(numbers)}
-
-
-def register_all(target: ParquetRegistrar, data_dir: str | Path) -> dict[str, Path]:
-    """Register the eight tables of ``data_dir`` on ``target`` (a ``SessionContext`` or a ``Mesh``).
-
-    Returns:
-        The path registered for each table.
-
-    Raises:
-        ConfigError: a table is missing from ``data_dir``.
-    """
-    registered: dict[str, Path] = {}
-    for name in TABLES:
-        path = table_path(data_dir, name)
-        if path is None:
-            raise ConfigError(f"table {name} missing from {data_dir}: run `flow tpch gen --out {data_dir}`")
-        target.register_parquet(name, str(path))
-        registered[name] = path
-    return registered
+_SET = QuerySet("TPC-H", "tpch", QUERY_COUNT, TABLES)
+query_dir = _SET.query_dir
+query = _SET.query
+queries = _SET.queries
+parse_query_name = _SET.parse_query_name
+select_queries = _SET.select_queries
+register_all = _SET.register_all
