@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint typecheck clean
+.PHONY: install demo test test-fast lint typecheck clean bench
 
 install: $(STAMP)
 
@@ -27,6 +27,12 @@ lint: install
 	$(BIN)/ruff check ematix_flow tests bench
 	$(BIN)/ruff format --check ematix_flow tests bench
 	$(BIN)/mypy
+
+# TPC-H SF 1 on the mesh, DataFusion, DuckDB and PySpark (skipped with a note if it cannot install or start)
+bench: install
+	$(BIN)/pip install --quiet -e '.[bench,bench-spark]' || $(BIN)/pip install --quiet -e '.[bench]' \
+		|| echo "note: matplotlib/pyspark did not install: no chart, no pyspark"
+	$(BIN)/python -m bench tpch --sf 1 --engines mesh,datafusion,duckdb,pyspark --workers 2 --runs 3 --out results/
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
