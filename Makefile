@@ -32,7 +32,7 @@ lint: install
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench,bench-spark]' || $(BIN)/pip install --quiet -e '.[bench]' \
 		|| echo "note: matplotlib/pyspark did not install: no chart, no pyspark"
-	$(BIN)/python -m bench tpch --sf 1 --engines mesh,datafusion,duckdb,pyspark --workers 2 --runs 3 --out results/
+	$(BIN)/python -m bench tpch --sf 1 --engines mesh,mesh-adaptive,datafusion,duckdb,pyspark --workers 2 --runs 3 --out results/
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

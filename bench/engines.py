@@ -3,7 +3,7 @@
 Every engine reads the same Parquet files. ``datafusion`` and ``duckdb`` run inside the bench
 process; ``mesh`` runs its tasks in ``flow-worker`` processes (the bench process is its submitter and
 runs the root stage); ``pyspark`` runs in a JVM child process. A variant is one registry line, e.g.
-``"mesh-forced": partial(MeshEngine, name="mesh-forced", mesh_options={"adaptive": False})``.
+``"mesh-adaptive"`` (the adaptive gate on) is one such line.
 """
 
 from __future__ import annotations
@@ -373,7 +373,9 @@ EngineFactory = Callable[[EngineOptions], Engine]
 
 ENGINES: dict[str, EngineFactory] = {
     "datafusion": DataFusionEngine,
-    "mesh": MeshEngine,
+    "mesh": MeshEngine,  # every query distributed (the adaptive gate is off by default)
+    # the adaptive gate on: queries scanning under 64 MB run in-process on the submitter
+    "mesh-adaptive": partial(MeshEngine, name="mesh-adaptive", mesh_options={"local_below_bytes": 64 << 20}),
     "duckdb": DuckDBEngine,
     "pyspark": SparkEngine,
     # the scaling run (--scaling): one worker and the submitter on core 0, vs two workers on cores 0 and 1
