@@ -83,7 +83,7 @@ def test_unknown_engine_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureF
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "unknown engine 'nope'" in err
-    assert "choose from datafusion, mesh, duckdb, pyspark" in err
+    assert "choose from datafusion, mesh, mesh-adaptive, duckdb, pyspark" in err
     with pytest.raises(engines.UnknownEngine):
         engines.create("nope", engines.EngineOptions())
 
