@@ -61,14 +61,15 @@ def spawn_worker(
     log_level: str = "warning",
     timeout: float = 60.0,
     extra: list[str] | None = None,
+    port: int = 0,
 ) -> LocalWorker:
-    """Start one ``flow-worker`` on 127.0.0.1 (any port) and wait for its ready line."""
+    """Start one ``flow-worker`` on 127.0.0.1 (``port`` 0: any) and wait for its ready line."""
     cmd = [
         sys.executable,
         "-m",
         "ematix_flow.worker.main",
         "--listen",
-        "127.0.0.1:0",
+        f"127.0.0.1:{port}",
         "--work-dir",
         str(work_dir),
     ]
