@@ -16,6 +16,8 @@ from bench.faults import kill_one
 from ematix_flow import Mesh, PeerUnreachableError, TLSConfig, tpch
 from ematix_flow.compare import compare_tables, query_is_ordered
 from ematix_flow.coordinator_lib.local import spawn_worker
+from ematix_flow.transport.flight import ClientPool
+from ematix_flow.transport.messages import PeerInfo
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -152,3 +154,22 @@ def test_most_random_kills_landed_mid_query() -> None:
     if len(KILLED) < 22:
         pytest.skip("needs the 22 random-kill cases of this file in the same run (a -k selection ran fewer)")
     assert sum(KILLED) >= 15, KILLED
+
+
+def test_a_worker_knows_which_of_its_peers_are_down(certs_dir: Path, tmp_path: Path) -> None:
+    other = spawn_worker(certs_dir, tmp_path)
+    watcher = spawn_worker(certs_dir, tmp_path, extra=["--peers", other.address])
+    pool = ClientPool(TLSConfig.from_dir(certs_dir))
+    try:
+
+        def down() -> list[str]:
+            return PeerInfo.from_bytes(pool.action(watcher.address, "hello", b"", 5.0)).peers_down
+
+        assert down() == []
+        other.process.kill()
+        other.process.wait(10)
+        wait_until(lambda: down() == [other.address], 20, "the worker to notice its peer is down")
+    finally:
+        pool.close()
+        watcher.stop()
+        other.stop()

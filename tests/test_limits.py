@@ -51,3 +51,18 @@ def test_files_of_an_abandoned_query_expire(certs_dir: Path, tpch_data: Path, tm
             assert query_dirs(tmp_path), "expected the running query to hold files"
             wait_until(lambda: not query_dirs(tmp_path), 20, "the abandoned query's files to expire")
             stream.close()
+
+
+def test_a_full_work_dir_refuses_tasks_with_a_clear_error(
+    certs_dir: Path, tpch_data: Path, tmp_path: Path
+) -> None:
+    with spawned_workers_with(1, certs_dir, tmp_path, ["--max-disk", "1K"]) as workers:
+        with Mesh([w.address for w in workers], TLSConfig.from_dir(certs_dir), min_task_bytes=1) as mesh:
+            tpch.register_all(mesh, tpch_data)
+            stream = mesh.sql_batches("SELECT l_orderkey, l_comment FROM lineitem")
+            next(stream)  # this query now holds more than 1 KB on the worker
+            with pytest.raises(TaskFailedError, match="work dir full"):
+                mesh.sql("SELECT l_returnflag, count(*) FROM lineitem GROUP BY 1")
+            stream.close()
+            assert workers[0].process.poll() is None
+            assert mesh.sql("SELECT l_returnflag, count(*) FROM lineitem GROUP BY 1").num_rows == 3

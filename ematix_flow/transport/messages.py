@@ -184,3 +184,4 @@ class PeerInfo(_Message):
     host_id: str
     hash_digest: str
     peers: list[str] = field(default_factory=list)
+    peers_down: list[str] = field(default_factory=list)  # of ``peers``, those that did not answer lately

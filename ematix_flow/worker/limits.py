@@ -12,3 +12,4 @@ class WorkerLimits:
     memory_limit: int | None = None  # bytes for DataFusion's memory pool (None: unbounded)
     max_tasks: int = 4  # tasks running at once; the rest wait their turn
     query_ttl: float = 3600.0  # seconds before an unreleased, idle query's files are removed
+    max_disk: int | None = None  # bytes the work dir may hold; a task arriving above it is refused

@@ -47,6 +47,7 @@ def _split_peers(value: str) -> list[str]:
 )
 @click.option("--insecure", is_flag=True, help="Serve plaintext gRPC without TLS (testing only).")
 @click.option("--memory-limit", help="Cap DataFusion's memory (e.g. 2G, 512M); spills to the work dir.")
+@click.option("--max-disk", help="Refuse tasks while the work dir holds more than this (e.g. 50G).")
 @click.option("--max-tasks", type=int, default=0, help="Tasks run at once; more queue [2 x cores].")
 @click.option(
     "--query-ttl",
@@ -70,6 +71,7 @@ def worker(
     work_dir: str | None,
     insecure: bool,
     memory_limit: str | None,
+    max_disk: str | None,
     max_tasks: int,
     query_ttl: float,
     log_level: str,
@@ -90,6 +92,7 @@ def worker(
             memory_limit=parse_size(memory_limit) if memory_limit else None,
             max_tasks=max_tasks or 2 * (os.cpu_count() or 1),
             query_ttl=query_ttl,
+            max_disk=parse_size(max_disk, "--max-disk") if max_disk else None,
         )
         server = _start(listen, peers, tls_dir, tls_name, work_dir, insecure, limits)
     except FlowError as exc:
@@ -120,7 +123,7 @@ def worker(
     server.close_all()
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, flag: str = "--memory-limit") -> int:
     """``2G`` / ``512M`` / ``1048576`` -> bytes."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     value = text.strip().upper().removesuffix("B").removesuffix("I")
@@ -129,7 +132,7 @@ def parse_size(text: str) -> int:
             return int(float(value[:-1]) * units[value[-1]])
         return int(value)
     except ValueError as exc:
-        raise ConfigError(f"--memory-limit {text!r}: use a size like 2G, 512M or a byte count") from exc
+        raise ConfigError(f"{flag} {text!r}: use a size like 2G, 512M or a byte count") from exc
 
 
 def _start(

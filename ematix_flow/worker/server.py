@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 #: How long a cancelled query id is remembered (a task of it arriving late is refused meanwhile).
 CANCEL_MEMORY_SECONDS = 600.0
+#: How often a worker asks its --peers whether they are alive, and how long it waits for an answer.
+PEER_CHECK_SECONDS = 5.0
+PEER_CHECK_TIMEOUT = 2.0
 
 ACTIONS = {
     "hello": "who this peer is: version, engine digest, peers it knows",
@@ -64,7 +67,10 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         self.runner = TaskRunner(ctx, self.pool, work_dir, fetch_timeout=300.0)
         self._slots = threading.BoundedSemaphore(max(1, self.limits.max_tasks))
         self._stop = threading.Event()
+        self._peers_down: set[str] = set()
         threading.Thread(target=self._janitor, name="janitor", daemon=True).start()
+        if self.peers:
+            threading.Thread(target=self._watch_peers, name="peer-health", daemon=True).start()
         self._lock = threading.Lock()
         self._cancels: dict[str, threading.Event] = {}  # query id -> set when cancelled
         self._running: dict[str, int] = {}  # query id -> tasks running now
@@ -112,6 +118,7 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
             host_id=host_id(),
             hash_digest=hash_digest(),
             peers=self.peers,
+            peers_down=sorted(self._peers_down),
         )
 
     def _run_task(self, body: bytes) -> bytes:
@@ -126,6 +133,7 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
             with self._slots:  # at most max_tasks at once; the others wait here
                 if cancel.is_set():
                     raise TaskFailedError("cancelled by the submitter")
+                self._check_disk()
                 result = self.runner.run(spec, task_dir, cancel)
         finally:
             with self._lock:
@@ -139,6 +147,15 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         with self._lock:
             self.tasks_run += 1
         return result.to_bytes()
+
+    def _check_disk(self) -> None:
+        """Refuse a task while the work dir holds more than --max-disk."""
+        limit = self.limits.max_disk
+        if limit is not None and (used := self.store.used_bytes()) > limit:
+            raise TaskFailedError(
+                f"work dir full: {used / 1e6:.0f} MB held, --max-disk is {limit / 1e6:.0f} MB "
+                "(raise it, add peers, or wait for running queries to finish)"
+            )
 
     def _cancel(self, query_id: str) -> None:
         """Stop the query's running tasks at their next batch and drop its files (also future tasks)."""
@@ -168,6 +185,21 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
                 f"partition {ref.partition} (released, or never written)"
             ) from exc
         return flight.RecordBatchStream(table)
+
+    def _watch_peers(self) -> None:
+        """Ask every ``--peers`` entry ``hello`` every few seconds; remember which did not answer."""
+        while not self._stop.wait(PEER_CHECK_SECONDS):
+            for peer in self.peers:
+                try:
+                    self.pool.action(peer, "hello", b"", PEER_CHECK_TIMEOUT)
+                except FlowError as exc:
+                    if peer not in self._peers_down:
+                        log.warning("peer %s is down: %s", peer, exc)
+                    self._peers_down.add(peer)
+                else:
+                    if peer in self._peers_down:
+                        log.info("peer %s is back", peer)
+                    self._peers_down.discard(peer)
 
     def _janitor(self) -> None:
         """Remove files of queries nobody released (their submitter vanished) once idle for the TTL."""

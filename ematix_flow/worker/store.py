@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import threading
@@ -65,6 +66,15 @@ class WorkStore:
             return time.time() - max(p.stat().st_mtime for p in paths)
         except (OSError, ValueError):
             return 0.0
+
+    def used_bytes(self) -> int:
+        """Bytes held for queries (outputs and fetched inputs; released ones are on their way out)."""
+        total = 0
+        for path in (p for q in self.queries() for p in (self.root / q).rglob("*")):
+            with contextlib.suppress(OSError):
+                if path.is_file():
+                    total += path.stat().st_size
+        return total
 
     def queries(self) -> list[str]:
         """Ids of the queries with files here."""
