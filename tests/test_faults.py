@@ -69,6 +69,11 @@ def test_one_peer_killed_mid_query(
         if run.peers_lost:  # the kill landed while the query ran (else it finished first: still right)
             assert run.peers_lost == [mesh.workers[1].address] and run.retries >= 1, str(run)
         LANDED.append(bool(run.peers_lost))
+        # no shuffle file outlives its query on the live peers (the dead one's go when a worker
+        # next starts in that folder)
+        live = [w for w in mesh.workers if w.process.poll() is None]
+        for w in live:
+            assert not list(tmp_path.glob(f"*/work/flow-worker-{w.pid}-*/[0-9a-f]*")), "files left behind"
 
 
 LANDED: list[bool] = []

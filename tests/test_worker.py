@@ -337,3 +337,19 @@ def test_worker_still_serves_after_malformed_requests(
         got = mesh.sql(QUERY)
         assert mesh.last_run is not None and mesh.last_run.peers_used == {tls_worker.address}
     assert compare_tables(got, reference(QUERY), ordered=True) is None
+
+
+def test_a_new_worker_removes_the_work_dir_of_a_killed_one(certs_dir: Path, tmp_path: Path) -> None:
+    from ematix_flow.coordinator_lib.local import spawn_worker
+
+    first = spawn_worker(certs_dir, tmp_path)
+    left = next(tmp_path.glob(f"flow-worker-{first.pid}-*"))
+    (left / "0123456789abcdef").mkdir()
+    first.process.kill()
+    first.stop()  # reaps it and closes its pipes; a killed worker removes nothing itself
+    assert left.exists()
+    second = spawn_worker(certs_dir, tmp_path)
+    try:
+        assert not left.exists()
+    finally:
+        second.stop()

@@ -14,6 +14,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
+import psutil
 import pyarrow as pa
 
 from ematix_flow.engine.digest import hash_digest
@@ -160,6 +161,7 @@ def _start(
         raise ConfigError("--insecure and --tls-dir are mutually exclusive")
     hash_digest()  # computed once before serving: every hello answers it
     base = Path(work_dir) if work_dir else Path(tempfile.gettempdir())
+    _remove_dead_workers_dirs(base)
     try:
         root = Path(tempfile.mkdtemp(prefix=f"flow-worker-{os.getpid()}-", dir=_ensure(base)))
     except OSError as exc:
@@ -169,6 +171,15 @@ def _start(
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)  # a worker that never served leaves nothing behind
         raise
+
+
+def _remove_dead_workers_dirs(base: Path) -> None:
+    """Work dirs left by workers that were killed (their pid is gone) hold files nobody will serve."""
+    for old in base.glob("flow-worker-*-*"):
+        pid = old.name.split("-")[2]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            log.info("removing %s, left by a worker that is gone", old)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _ensure(path: Path) -> Path:
