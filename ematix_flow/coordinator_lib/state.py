@@ -119,14 +119,6 @@ class QueryState:
         run = self.runs.get(stage_id)
         return run is not None and run.done
 
-    def root_ready(self) -> bool:
-        """True when the root stage can run."""
-        return all(self.stage_done(i.stage) for i in self.graph.root.inputs)
-
-    def finished(self) -> bool:
-        """True when nothing is left to run before the root."""
-        return self.root_ready()
-
     def ready(self) -> list[Stage]:
         """Non-root stages not yet started whose inputs are all complete."""
         return [
@@ -134,10 +126,6 @@ class QueryState:
             for s in self.graph.stages[:-1]
             if s.id not in self.runs and all(self.stage_done(i.stage) for i in s.inputs)
         ]
-
-    def missing_schemas(self, stage: Stage) -> list[Stage]:
-        """Producers of ``stage`` that wrote no rows at all (so reported no schema)."""
-        return [self.graph[i.stage] for i in stage.inputs if self.runs[i.stage].schema is None]
 
     def set_schema(self, stage_id: int, schema: bytes, names: list[str]) -> None:
         """Supply the output schema of a stage that produced no rows."""

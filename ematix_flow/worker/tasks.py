@@ -92,8 +92,3 @@ class TaskRunner:
             seconds,
         )
         return TaskResult(outputs, disk_schema, names, rows, seconds, host_id(), fetched)
-
-
-def schema_from_bytes(data: bytes | None) -> pa.Schema | None:
-    """Convenience: a schema from optional IPC bytes."""
-    return read_schema(data) if data else None
