@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 from ematix_flow.coordinator_lib.mesh import Mesh
 from ematix_flow.coordinator_lib.report import RunReport
 from ematix_flow.errors import (
+    AccessDeniedError,
     ConfigError,
     FlowError,
     PeerMismatchError,
@@ -28,6 +29,7 @@ from ematix_flow.errors import (
 from ematix_flow.transport.tls import TLSConfig
 
 __all__ = [
+    "AccessDeniedError",
     "ConfigError",
     "FlowError",
     "Mesh",

@@ -55,3 +55,7 @@ class TaskFailedError(FlowError):
 
 class ProtocolError(FlowError):
     """A message on the wire was malformed, truncated or of an unknown kind."""
+
+
+class AccessDeniedError(FlowError):
+    """A worker refused a request: an unlisted identity, a path outside its data roots, a Python UDF."""

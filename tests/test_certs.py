@@ -89,7 +89,11 @@ def test_leaf_verifies_against_ca_and_has_the_specified_extensions(mesh: Path) -
     assert leaf.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
     ekus = set(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
     assert ekus == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
-    assert _sans(leaf) == [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    assert _sans(leaf) == [
+        x509.DNSName("peer"),  # the name first: gRPC reports the first SAN as the caller's identity
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.DNSName("localhost"),
+    ]
     now = dt.datetime.now(dt.UTC)
     assert now - dt.timedelta(minutes=6) <= leaf.not_valid_before_utc <= now - dt.timedelta(minutes=4)
 
@@ -102,6 +106,7 @@ def test_issue_cert_uses_only_the_given_hosts(mesh: Path) -> None:
     leaf.verify_directly_issued_by(_cert(mesh / "ca.pem"))
     assert TLSConfig.from_dir(mesh, "worker-2").common_name() == "worker-2"
     assert _sans(leaf) == [
+        x509.DNSName("worker-2"),
         x509.IPAddress(ipaddress.ip_address("10.0.0.12")),
         x509.DNSName("worker-2.internal"),
         x509.IPAddress(ipaddress.ip_address("::1")),
@@ -245,6 +250,7 @@ def test_cli_group_init_then_issue(tmp_path: Path) -> None:
     ]
     assert len(lines) == 5 and "flow certs issue" in lines[4]
     assert _sans(_cert(directory / "peer.pem")) == [
+        x509.DNSName("peer"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.DNSName("localhost"),
     ]
@@ -258,8 +264,8 @@ def test_cli_group_init_then_issue(tmp_path: Path) -> None:
         f"wrote {directory / 'w2-key.pem'}",
     ]
     assert _sans(_cert(directory / "w2.pem")) == [
+        x509.DNSName("w2"),  # the name, once, first
         x509.IPAddress(ipaddress.ip_address("10.0.0.2")),
-        x509.DNSName("w2"),
     ]
 
 
@@ -322,9 +328,9 @@ def test_mtls_accepts_a_client_signed_by_the_mesh_ca(mesh: Path) -> None:
     with _serve(server_tls) as address:
         identity = _whoami(location(address, client_tls), **flight_client_kwargs(client_tls))
     # gRPC reports the client's first subjectAltName as the peer identity (its CN only when the
-    # certificate has no SAN): this is the client's certificate, not the server's (127.0.0.1).
+    # certificate has no SAN); flow certs puts the certificate's name first, so it is the name.
     assert client_tls.common_name() == "client-a"
-    assert identity == b"client-a.test"
+    assert identity == b"client-a"
 
 
 def test_mtls_refuses_a_client_without_a_certificate(mesh: Path) -> None:
@@ -332,7 +338,7 @@ def test_mtls_refuses_a_client_without_a_certificate(mesh: Path) -> None:
     with _serve(tls) as address:
         with pytest.raises(flight.FlightUnavailableError):
             _whoami(location(address, tls), tls_root_certs=tls.ca_pem)
-        assert _whoami(location(address, tls), **flight_client_kwargs(tls)) == b"127.0.0.1"  # still up
+        assert _whoami(location(address, tls), **flight_client_kwargs(tls)) == b"peer"  # still up
 
 
 def test_mtls_refuses_a_client_of_a_foreign_ca(mesh: Path, tmp_path: Path) -> None:
@@ -346,7 +352,7 @@ def test_mtls_refuses_a_client_of_a_foreign_ca(mesh: Path, tmp_path: Path) -> No
         # And a client of the foreign mesh does not trust our server either.
         with pytest.raises(flight.FlightUnavailableError):
             _whoami(location(address, foreign), **flight_client_kwargs(foreign))
-        assert _whoami(location(address, tls), **flight_client_kwargs(tls)) == b"127.0.0.1"  # still up
+        assert _whoami(location(address, tls), **flight_client_kwargs(tls)) == b"peer"  # still up
 
 
 def test_mtls_refuses_a_plaintext_client(mesh: Path) -> None:
@@ -354,4 +360,4 @@ def test_mtls_refuses_a_plaintext_client(mesh: Path) -> None:
     with _serve(tls) as address:
         with pytest.raises(flight.FlightUnavailableError):
             _whoami(location(address, None))
-        assert _whoami(location(address, tls), **flight_client_kwargs(tls)) == b"127.0.0.1"  # still up
+        assert _whoami(location(address, tls), **flight_client_kwargs(tls)) == b"peer"  # still up

@@ -81,7 +81,8 @@ def init(directory: Path, hosts: str, days: int, force: bool) -> None:
 @click.option(
     "--name",
     required=True,
-    help="Certificate name: its CN and the file stem of NAME.pem / NAME-key.pem.",
+    help="Certificate name: its CN, its first SAN (the identity --allow-peer matches) and the file "
+    "stem of NAME.pem / NAME-key.pem.",
 )
 @_hosts_option
 @_days_option

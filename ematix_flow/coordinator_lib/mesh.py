@@ -16,6 +16,7 @@ from typing import Any
 
 import datafusion
 import pyarrow as pa
+from datafusion import AggregateUDF, ScalarUDF
 
 from ematix_flow.coordinator_lib.local import LocalWorker, spawn_worker
 from ematix_flow.coordinator_lib.planning import PlannedQuery, plan_query
@@ -239,6 +240,16 @@ class Mesh:
     def register_json(self, name: str, path: str | os.PathLike[str], **options: Any) -> None:
         """Register a newline-delimited JSON file or folder."""
         self._register(name, lambda: self._ctx.register_json(name, self._resolve(name, path), **options))
+
+    def register_udf(self, function: ScalarUDF | AggregateUDF) -> None:
+        """Register a Python scalar or aggregate UDF: it travels inside plans, pickled.
+
+        Workers refuse such plans unless they run with ``--allow-udfs`` (a UDF is code).
+        """
+        if isinstance(function, AggregateUDF):
+            self._ctx.register_udaf(function)
+        else:
+            self._ctx.register_udf(function)
 
     def _register(self, name: str, action: Any) -> None:
         if self._ctx.table_exist(name):

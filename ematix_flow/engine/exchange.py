@@ -11,6 +11,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -133,6 +134,22 @@ class ScanTemplates:
         return leaves[0].to_bytes()
 
 
+#: The output file of a task of a worker on this machine (see worker/store.py): the only files a
+#: task reads directly instead of fetching them, whatever path a message names.
+_SHUFFLE_FILE = re.compile(r"/flow-worker-\d+-[^/]+/[0-9a-f]{8,64}/s\d+-t\d+/out/p\d{5}\.arrow\Z")
+
+
+def is_shuffle_file(path: str) -> bool:
+    """Whether ``path`` is an existing task output file of a worker here (no symlinks, no ``..``)."""
+    return (
+        bool(path)
+        and os.path.isabs(path)
+        and _SHUFFLE_FILE.search(path) is not None
+        and os.path.realpath(path) == os.path.normpath(path)
+        and os.path.isfile(path)
+    )
+
+
 def materialize(
     spec: InputSpec,
     task_dir: Path,
@@ -147,7 +164,7 @@ def materialize(
     jobs = []
     for g, sources in enumerate(groups):
         for n, src in enumerate(sources):
-            if local_reads and src.host_id == me and src.path and os.path.exists(src.path):
+            if local_reads and src.host_id == me and is_shuffle_file(src.path):
                 out[g].append((src.path, src.nbytes))
             else:
                 dest = task_dir / f"in{spec.index}" / f"p{g:05d}-{n:04d}.arrow"

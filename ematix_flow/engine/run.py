@@ -7,6 +7,7 @@ filters (DESIGN.md), so all partitions of a plan always run at the same time, on
 from __future__ import annotations
 
 import queue
+import re
 import threading
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -17,7 +18,10 @@ from datafusion import SessionContext
 from datafusion.plan import ExecutionPlan
 
 from ematix_flow.engine.exchange import unique_names
-from ematix_flow.errors import TaskFailedError
+from ematix_flow.errors import AccessDeniedError, TaskFailedError
+
+#: DataFusion's refusal of an inline (pickled) Python UDF in a session with UDF inlining off.
+_UDF_REFUSED = re.compile(r"Refusing to deserialize inline Python (\w+) UDF '([^']*)'")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,12 @@ def decode(ctx: SessionContext, plan: bytes) -> ExecutionPlan:
     try:
         return ExecutionPlan.from_bytes(ctx, plan)
     except Exception as exc:
+        m = _UDF_REFUSED.search(str(exc))
+        if m:
+            raise AccessDeniedError(
+                f"the plan carries Python {m.group(1)} UDF {m.group(2)!r}: this worker runs without "
+                "--allow-udfs (a UDF is code: allow it only where every mesh member is trusted)"
+            ) from exc
         raise TaskFailedError(f"could not decode the task plan: {_first_line(exc)}") from exc
 
 

@@ -25,12 +25,17 @@ PLANNING_SETTINGS: dict[str, str] = {
 
 
 def execution_context(
-    target_partitions: int | None = None, memory_limit: int | None = None, spill_dir: str | None = None
+    target_partitions: int | None = None,
+    memory_limit: int | None = None,
+    spill_dir: str | None = None,
+    allow_udfs: bool = True,
 ) -> SessionContext:
     """A context safe for running task slices.
 
     ``memory_limit`` (bytes) caps DataFusion's memory pool; operators that can spill (sorts,
     aggregations, joins in part) spill to ``spill_dir``, the others fail with "Resources exhausted".
+    ``allow_udfs=False`` makes decoding refuse a plan that carries a pickled Python UDF (before
+    unpickling it): how a worker that does not trust every submitter runs.
     """
     config = SessionConfig()
     if target_partitions:
@@ -38,10 +43,14 @@ def execution_context(
     for key, value in EXECUTION_SETTINGS.items():
         config = config.set(key, value)
     if memory_limit is None:
-        return SessionContext(config)
-    runtime = RuntimeEnvBuilder().with_fair_spill_pool(memory_limit)
-    runtime = runtime.with_disk_manager_specified(spill_dir) if spill_dir else runtime.with_disk_manager_os()
-    return SessionContext(config, runtime)
+        ctx = SessionContext(config)
+    else:
+        runtime = RuntimeEnvBuilder().with_fair_spill_pool(memory_limit)
+        runtime = (
+            runtime.with_disk_manager_specified(spill_dir) if spill_dir else runtime.with_disk_manager_os()
+        )
+        ctx = SessionContext(config, runtime)
+    return ctx.with_python_udf_inlining(enabled=allow_udfs)
 
 
 def planning_context(partitions: int, settings: dict[str, str] | None = None) -> SessionContext:

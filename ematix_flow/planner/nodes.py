@@ -94,6 +94,9 @@ FILE_SCANS = frozenset({"parquet_scan", "csv_scan", "json_scan", "avro_scan", "a
 
 GATHERS = frozenset({"coalesce_partitions", "sort_preserving_merge"})
 
+#: Deepest plan accepted: far beyond real plans, well within Python's recursion limit.
+MAX_PLAN_DEPTH = 400
+
 
 @dataclass(frozen=True)
 class NodeInfo:
@@ -156,15 +159,17 @@ def node_kind(node_bytes: bytes) -> tuple[int, str, bytes]:
     return number, kind, fields[0].data
 
 
-def parse_tree(node_bytes: bytes) -> PlanNode:
+def parse_tree(node_bytes: bytes, depth: int = 0) -> PlanNode:
     """Decode plan bytes into a :class:`PlanNode` tree (wire facts only)."""
+    if depth > MAX_PLAN_DEPTH:
+        raise PlanningError(f"plan nested deeper than {MAX_PLAN_DEPTH} nodes: refused")
     number, kind, body = node_kind(node_bytes)
     fields = wire.parse(body)
     slots: list[int] = []
     if kind not in LEAVES:
         wanted = CHILD_FIELDS.get(kind, (1,))
         slots = [i for i, f in enumerate(fields) if f.number in wanted and f.wire_type == wire.LEN]
-    children = [parse_tree(fields[i].data) for i in slots]
+    children = [parse_tree(fields[i].data, depth + 1) for i in slots]
     return PlanNode(kind, number, fields, slots, children)
 
 

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from ematix_flow.errors import (
+    AccessDeniedError,
     FlowError,
     PeerUnreachableError,
     PlanningError,
@@ -27,6 +28,7 @@ _REMOTE_ERRORS: dict[str, type[FlowError]] = {
     "ProtocolError": ProtocolError,
     "TaskFailedError": TaskFailedError,
     "PeerUnreachableError": PeerUnreachableError,
+    "AccessDeniedError": AccessDeniedError,
     "FlowError": FlowError,
 }
 _UNREACHABLE = re.compile(r"peer (\S+) is unreachable")
@@ -54,6 +56,8 @@ def translate(exc: BaseException, address: str, what: str) -> FlowError:
                     m = _UNREACHABLE.search(msg)
                     other = m.group(1) if m else ""
                     return PeerUnreachableError(f"{what} on peer {address}: {msg}", peer=other)
+                if cls is AccessDeniedError:
+                    return AccessDeniedError(f"peer {address} refused {what}: {msg}")
                 return cls(msg)
     low = text.lower()
     if any(k in low for k in ("ssl", "handshake", "certificate", "tls")):

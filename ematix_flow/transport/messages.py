@@ -18,7 +18,7 @@ from ematix_flow.errors import ProtocolError
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the largest message accepted (a task spec is ~10 KB)
 
 T = TypeVar("T", bound="_Message")
 D = TypeVar("D", bound="DataclassInstance")

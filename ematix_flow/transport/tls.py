@@ -373,12 +373,21 @@ def _issue(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,
         )
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.SubjectAlternativeName(_identity_first(name, sans)), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     return [_write_cert(root / f"{name}.pem", cert), _write_key(root / f"{name}-key.pem", key)]
+
+
+def _identity_first(name: str, sans: list[x509.GeneralName]) -> list[x509.GeneralName]:
+    """The SANs with the certificate's name first.
+
+    gRPC reports a caller's first SAN as its identity: what a worker's ``--allow-peer`` matches.
+    """
+    identity = x509.DNSName(name.lower())
+    return [identity, *(s for s in sans if s != identity)]
 
 
 def _sans(hosts: Sequence[str]) -> list[x509.GeneralName]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ from ematix_flow.engine.digest import hash_digest
 from ematix_flow.errors import ConfigError, FlowError
 from ematix_flow.transport.tls import TLSConfig
 from ematix_flow.worker.limits import WorkerLimits
+from ematix_flow.worker.policy import AccessPolicy
 
 if TYPE_CHECKING:
     from ematix_flow.worker.server import WorkerServer
@@ -46,8 +48,28 @@ def _split_peers(value: str) -> list[str]:
 @click.option(
     "--work-dir", type=click.Path(file_okay=False), help="Where task outputs are kept [a temp dir]."
 )
+@click.option(
+    "--allow-peer",
+    "allow_peers",
+    multiple=True,
+    metavar="NAME",
+    help="Serve only callers whose certificate has this name (repeatable) [any cert from the mesh CA].",
+)
+@click.option(
+    "--data-root",
+    "data_roots",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Tasks may read and write files only under this directory (repeatable) [anywhere].",
+)
+@click.option("--allow-udfs", is_flag=True, help="Run plans that carry Python UDFs (code from submitters).")
 @click.option("--insecure", is_flag=True, help="Serve plaintext gRPC without TLS (testing only).")
-@click.option("--memory-limit", help="Cap DataFusion's memory (e.g. 2G, 512M); spills to the work dir.")
+@click.option(
+    "--insecure-i-know",
+    is_flag=True,
+    help="Allow --insecure on an address other than loopback (anyone who reaches it can run tasks).",
+)
+@click.option("--memory-limit", help="Cap DataFusion's memory (e.g. 2G, 512M); spills [half the RAM].")
 @click.option("--max-disk", help="Refuse tasks while the work dir holds more than this (e.g. 50G).")
 @click.option("--max-tasks", type=int, default=0, help="Tasks run at once; more queue [2 x cores].")
 @click.option(
@@ -70,7 +92,11 @@ def worker(
     tls_dir: str | None,
     tls_name: str,
     work_dir: str | None,
+    allow_peers: tuple[str, ...],
+    data_roots: tuple[str, ...],
+    allow_udfs: bool,
     insecure: bool,
+    insecure_i_know: bool,
     memory_limit: str | None,
     max_disk: str | None,
     max_tasks: int,
@@ -90,12 +116,14 @@ def worker(
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         limits = WorkerLimits(
-            memory_limit=parse_size(memory_limit) if memory_limit else None,
+            memory_limit=parse_size(memory_limit) if memory_limit else psutil.virtual_memory().total // 2,
             max_tasks=max_tasks or 2 * (os.cpu_count() or 1),
             query_ttl=query_ttl,
             max_disk=parse_size(max_disk, "--max-disk") if max_disk else None,
         )
-        server = _start(listen, peers, tls_dir, tls_name, work_dir, insecure, limits)
+        policy = AccessPolicy.create(allow_peers, data_roots, allow_udfs)
+        _check_plaintext(listen, insecure, insecure_i_know, policy)
+        server = _start(listen, peers, tls_dir, tls_name, work_dir, insecure, limits, policy)
     except FlowError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -114,6 +142,9 @@ def worker(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     scheme = "grpc" if insecure else "grpc+tls"
+    log.info("access: %s", policy.describe())
+    if not data_roots:
+        log.warning("no --data-root: tasks may read and write any file this user can (see SECURITY.md)")
     click.echo(
         f"flow-worker ready on {scheme}://{server.address} (name {server.name}, work dir {server.store.root})"
     )
@@ -144,6 +175,7 @@ def _start(
     work_dir: str | None,
     insecure: bool,
     limits: WorkerLimits,
+    policy: AccessPolicy,
 ) -> WorkerServer:
     from ematix_flow.worker.server import WorkerServer
 
@@ -160,17 +192,50 @@ def _start(
     if insecure and tls:
         raise ConfigError("--insecure and --tls-dir are mutually exclusive")
     hash_digest()  # computed once before serving: every hello answers it
-    base = Path(work_dir) if work_dir else Path(tempfile.gettempdir())
+    base = Path(work_dir).resolve() if work_dir else Path(tempfile.gettempdir()).resolve()
     _remove_dead_workers_dirs(base)
     try:
         root = Path(tempfile.mkdtemp(prefix=f"flow-worker-{os.getpid()}-", dir=_ensure(base)))
     except OSError as exc:
         raise ConfigError(f"cannot create a work dir in {base}: {exc}") from exc
     try:
-        return WorkerServer(listen, tls=tls, work_dir=root, peers=_split_peers(peers), limits=limits)
+        return WorkerServer(
+            listen, tls=tls, work_dir=root, peers=_split_peers(peers), limits=limits, policy=policy
+        )
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)  # a worker that never served leaves nothing behind
         raise
+
+
+def _check_plaintext(listen: str, insecure: bool, i_know: bool, policy: AccessPolicy) -> None:
+    """Plaintext only when asked for, beyond loopback only when asked twice, and loudly."""
+    if not insecure:
+        return
+    if policy.allow_peers:
+        raise ConfigError("--allow-peer needs TLS: callers are identified by their certificates")
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if _is_loopback(host):
+        return
+    if not i_know:
+        raise ConfigError(
+            f"--insecure on {host} serves plaintext to the network, where anyone who reaches the port can "
+            "run tasks and read data: use --tls-dir, or add --insecure-i-know if you really mean it"
+        )
+    for _ in range(3):
+        log.warning(
+            "INSECURE: serving plaintext on %s without authentication: anyone who reaches it can run "
+            "tasks and read this worker's files (--insecure-i-know)",
+            listen,
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _remove_dead_workers_dirs(base: Path) -> None:

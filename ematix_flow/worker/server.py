@@ -16,11 +16,12 @@ from ematix_flow import __version__
 from ematix_flow.engine.digest import hash_digest
 from ematix_flow.engine.exchange import host_id
 from ematix_flow.engine.settings import execution_context
-from ematix_flow.errors import FlowError, ProtocolError, TaskFailedError
+from ematix_flow.errors import AccessDeniedError, FlowError, ProtocolError, TaskFailedError
 from ematix_flow.transport.flight import ClientPool, remote_error
-from ematix_flow.transport.messages import OutputRef, PeerInfo, TaskSpec
+from ematix_flow.transport.messages import MAX_MESSAGE_BYTES, OutputRef, PeerInfo, TaskSpec
 from ematix_flow.transport.tls import TLSConfig, flight_server_kwargs, location
 from ematix_flow.worker.limits import WorkerLimits
+from ematix_flow.worker.policy import AccessPolicy
 from ematix_flow.worker.store import WorkStore, check_query_id
 from ematix_flow.worker.tasks import TaskRunner
 
@@ -38,6 +39,10 @@ ACTIONS = {
     "release": "remove every file held for a query id",
     "cancel": "stop the running tasks of a query id and remove its files",
 }
+#: The largest body each action takes, in bytes: a bigger one is refused before it is parsed.
+MAX_ACTION_BODY = {"hello": 64, "run_task": MAX_MESSAGE_BYTES, "release": 128, "cancel": 128}
+#: The largest ticket ``do_get`` takes (an OutputRef is ~60 bytes).
+MAX_TICKET_BYTES = 1024
 
 
 class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
@@ -52,6 +57,7 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         peers: list[str] | None = None,
         name: str = "",
         limits: WorkerLimits | None = None,
+        policy: AccessPolicy | None = None,
     ) -> None:
         kwargs: dict[str, Any] = flight_server_kwargs(tls) if tls else {}
         super().__init__(location(listen, tls), **kwargs)
@@ -63,7 +69,12 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         self.store = WorkStore(work_dir)
         self.pool = ClientPool(tls)
         self.limits = limits or WorkerLimits()
-        ctx = execution_context(memory_limit=self.limits.memory_limit, spill_dir=str(work_dir / "_spill"))
+        self.policy = policy or AccessPolicy()
+        ctx = execution_context(
+            memory_limit=self.limits.memory_limit,
+            spill_dir=str(work_dir / "_spill"),
+            allow_udfs=self.policy.allow_udfs,
+        )
         self.runner = TaskRunner(ctx, self.pool, work_dir, fetch_timeout=300.0)
         self._slots = threading.BoundedSemaphore(max(1, self.limits.max_tasks))
         self._stop = threading.Event()
@@ -78,15 +89,29 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         self.tasks_run = 0
 
     # ----------------------------------------------------------------- actions
+    def _authorize(self, context: flight.ServerCallContext, what: str) -> None:
+        """Refuse a caller whose certificate identity is not allowed (mTLS already proved the CA)."""
+        identity = context.peer_identity().decode("utf-8", "replace")
+        try:
+            self.policy.check_peer(identity)
+        except AccessDeniedError as exc:
+            log.warning("refused %s from %s (identity %r): not allowed", what, context.peer(), identity)
+            raise flight.FlightUnauthorizedError(f"AccessDeniedError: {exc}") from exc
+
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
         """The actions this worker answers."""
+        self._authorize(context, "list_actions")
         return list(ACTIONS.items())
 
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Any:
         """Dispatch one action; errors reach the caller as one-line Flight errors."""
         kind = action.type
+        self._authorize(context, f"action {kind[:40]!r}")
         body = action.body.to_pybytes() if action.body is not None else b""
         try:
+            limit = MAX_ACTION_BODY.get(kind)
+            if limit is not None and len(body) > limit:
+                raise ProtocolError(f"{kind} body of {len(body)} bytes is over the {limit}-byte limit")
             if kind == "hello":
                 yield flight.Result(self._hello().to_bytes())
             elif kind == "run_task":
@@ -98,7 +123,7 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
                 yield flight.Result(b"ok")
             else:  # a client mistake: answered as a ProtocolError, logged without a traceback
                 raise ProtocolError(
-                    f"unknown action {kind!r}: this worker knows {', '.join(sorted(ACTIONS))}"
+                    f"unknown action {kind[:40]!r}: this worker knows {', '.join(sorted(ACTIONS))}"
                 )
         except flight.FlightError:
             raise
@@ -124,6 +149,8 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
     def _run_task(self, body: bytes) -> bytes:
         spec = TaskSpec.from_bytes(body)
         check_query_id(spec.query_id)
+        spec.input_specs()  # malformed inputs: a ProtocolError before anything else
+        self.policy.check_plan(spec.plan)  # before decoding: paths, extension nodes
         task_dir = self.store.task_dir(spec.query_id, spec.stage, spec.task)
         log.debug("query=%s stage=%d task=%d starting", spec.query_id, spec.stage, spec.task)
         with self._lock:
@@ -172,7 +199,10 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
     # ----------------------------------------------------------------- data
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
         """Stream one output partition (ticket: msgpack OutputRef); a bad ticket: a one-line Flight error."""
+        self._authorize(context, "do_get")
         try:
+            if len(ticket.ticket) > MAX_TICKET_BYTES:
+                raise ProtocolError(f"{len(ticket.ticket)} bytes, the limit is {MAX_TICKET_BYTES}")
             ref = OutputRef.from_bytes(ticket.ticket)
             path = self.store.output_path(ref)
         except ProtocolError as exc:
