@@ -18,7 +18,10 @@ from datafusion import SessionContext
 from datafusion.plan import ExecutionPlan
 
 from ematix_flow.engine.exchange import unique_names
-from ematix_flow.errors import AccessDeniedError, TaskFailedError
+from ematix_flow.errors import AccessDeniedError, ProtocolError, TaskFailedError
+
+#: The most partitions any node of a task plan may have (each output partition runs on a thread).
+MAX_PARTITIONS = 1024
 
 #: DataFusion's refusal of an inline (pickled) Python UDF in a session with UDF inlining off.
 _UDF_REFUSED = re.compile(r"Refusing to deserialize inline Python (\w+) UDF '([^']*)'")
@@ -36,9 +39,9 @@ class PartitionOutput:
 
 
 def decode(ctx: SessionContext, plan: bytes) -> ExecutionPlan:
-    """Decode task plan bytes in ``ctx``."""
+    """Decode task plan bytes in ``ctx``; a plan wider than MAX_PARTITIONS anywhere is refused."""
     try:
-        return ExecutionPlan.from_bytes(ctx, plan)
+        decoded = ExecutionPlan.from_bytes(ctx, plan)
     except Exception as exc:
         m = _UDF_REFUSED.search(str(exc))
         if m:
@@ -47,6 +50,15 @@ def decode(ctx: SessionContext, plan: bytes) -> ExecutionPlan:
                 "--allow-udfs (a UDF is code: allow it only where every mesh member is trusted)"
             ) from exc
         raise TaskFailedError(f"could not decode the task plan: {_first_line(exc)}") from exc
+    stack = [decoded]
+    while stack:  # every partition runs on a thread of its own: their number is bounded
+        node = stack.pop()
+        if node.partition_count > MAX_PARTITIONS:
+            raise ProtocolError(
+                f"plan node with {node.partition_count} partitions: the limit is {MAX_PARTITIONS}"
+            )
+        stack.extend(node.children())
+    return decoded
 
 
 def _first_line(exc: BaseException) -> str:

@@ -76,6 +76,8 @@ class AccessPolicy:
             )
         path = "/" + path.lstrip("/")
         for form in {path, unquote(path)}:  # object stores percent-decode: both forms must stay inside
+            if "\x00" in form:
+                raise AccessDeniedError(f"{verb} a path with a NUL byte ({form!r}): refused")
             if not self._inside(os.path.realpath(form)):
                 raise AccessDeniedError(
                     f"{verb} {form} is outside this worker's --data-root ({roots}): move the data under "
