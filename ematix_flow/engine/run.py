@@ -42,7 +42,9 @@ def decode(ctx: SessionContext, plan: bytes) -> ExecutionPlan:
     """Decode task plan bytes in ``ctx``; a plan wider than MAX_PARTITIONS anywhere is refused."""
     try:
         decoded = ExecutionPlan.from_bytes(ctx, plan)
-    except Exception as exc:
+    except BaseException as exc:  # a malformed plan can make DataFusion's decoder panic
+        if not isinstance(exc, Exception) and not is_panic(exc):
+            raise
         m = _UDF_REFUSED.search(str(exc))
         if m:
             raise AccessDeniedError(
@@ -59,6 +61,11 @@ def decode(ctx: SessionContext, plan: bytes) -> ExecutionPlan:
             )
         stack.extend(node.children())
     return decoded
+
+
+def is_panic(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Rust panic surfaced by pyo3 (a BaseException, not an Exception)."""
+    return type(exc).__name__ == "PanicException"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -116,7 +116,7 @@ def worker(
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         limits = WorkerLimits(
-            memory_limit=parse_size(memory_limit) if memory_limit else psutil.virtual_memory().total // 2,
+            memory_limit=parse_size(memory_limit) if memory_limit else machine_memory() // 2,
             max_tasks=max_tasks or 2 * (os.cpu_count() or 1),
             query_ttl=query_ttl,
             max_disk=parse_size(max_disk, "--max-disk") if max_disk else None,
@@ -242,9 +242,23 @@ def _remove_dead_workers_dirs(base: Path) -> None:
     """Work dirs left by workers that were killed (their pid is gone) hold files nobody will serve."""
     for old in base.glob("flow-worker-*-*"):
         pid = old.name.split("-")[2]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+        # our own pid on a dir we did not make yet: a previous run (in a container, pid 1 every time)
+        if pid.isdigit() and (int(pid) == os.getpid() or not psutil.pid_exists(int(pid))):
             log.info("removing %s, left by a worker that is gone", old)
             shutil.rmtree(old, ignore_errors=True)
+
+
+def machine_memory() -> int:
+    """Bytes of RAM this process may use: the machine's, or its container's limit when lower."""
+    total = int(psutil.virtual_memory().total)
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
 
 
 def _ensure(path: Path) -> Path:

@@ -15,6 +15,7 @@ import pyarrow.flight as flight
 from ematix_flow import __version__
 from ematix_flow.engine.digest import hash_digest
 from ematix_flow.engine.exchange import host_id
+from ematix_flow.engine.run import is_panic
 from ematix_flow.engine.settings import execution_context
 from ematix_flow.errors import AccessDeniedError, FlowError, ProtocolError, TaskFailedError
 from ematix_flow.transport.flight import ClientPool, remote_error
@@ -133,6 +134,11 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         except Exception as exc:
             log.exception("action %s failed", kind)
             raise remote_error(exc) from exc
+        except BaseException as exc:
+            if not is_panic(exc):
+                raise
+            log.error("action %s: the engine panicked: %s", kind, str(exc).splitlines()[:1])
+            raise remote_error(TaskFailedError(f"the engine failed: {exc}")) from exc
 
     def _hello(self) -> PeerInfo:
         return PeerInfo(
