@@ -327,6 +327,7 @@ class Mesh:
                 query_id,
                 planned.graph,
                 self.peers,
+                sql=planned.sql,
                 min_task_bytes=self.min_task_bytes,
                 local_reads=self.local_reads,
                 offset=self._queries,

@@ -19,7 +19,7 @@ from ematix_flow.engine.exchange import merge_nullability
 from ematix_flow.errors import PeerUnreachableError
 from ematix_flow.planner.slicing import Parts, TaskSlice, plan_tasks, slice_stage
 from ematix_flow.planner.stages import Stage, StageGraph, StageInput
-from ematix_flow.transport.messages import OutputRef, TaskResult, TaskSpec
+from ematix_flow.transport.messages import SQL_INFO_CHARS, OutputRef, TaskResult, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,15 @@ class QueryState:
         offset: int = 0,
         max_attempts: int = 3,
         down: set[str] | None = None,
+        sql: str = "",
     ) -> None:
         self.query_id = query_id
+        self.info: dict[str, object] = {
+            "sql": sql[:SQL_INFO_CHARS],
+            "stages": [
+                {"id": s.id, "kind": s.kind, "inputs": [i.stage for i in s.inputs]} for s in graph.stages
+            ],
+        }
         self.graph = graph
         self.peers = list(peers)
         self.min_task_bytes = max(1, min_task_bytes)
@@ -232,7 +239,7 @@ class QueryState:
         slot.attempts += 1
         slot.peers_tried.append(peer)
         inputs = self._inputs(stage, slot.slice.inputs)
-        spec = TaskSpec(self.query_id, stage.id, t, slot.slice.plan, inputs, self.local_reads)
+        spec = TaskSpec(self.query_id, stage.id, t, slot.slice.plan, inputs, self.local_reads, self.info)
         return Assignment(stage.id, t, peer, slot.parts, spec, slot.attempts)
 
     def _output_bytes(self, stage_id: int) -> int:

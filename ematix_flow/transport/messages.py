@@ -18,6 +18,7 @@ from ematix_flow.errors import ProtocolError
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
+SQL_INFO_CHARS = 4000  # the SQL text a task carries for status pages
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the largest message accepted (a task spec is ~10 KB)
 
 T = TypeVar("T", bound="_Message")
@@ -140,6 +141,9 @@ class TaskSpec(_Message):
     plan: bytes
     inputs: list[dict[str, Any]] = field(default_factory=list)
     local_reads: bool = True  # may read a same-host producer's files instead of fetching them
+    #: What the query is, for status pages and logs: {"sql": str (at most SQL_INFO_CHARS),
+    #: "stages": [{"id": int, "kind": "shuffle" | "gather" | "root", "inputs": [stage ids]}]}.
+    info: dict[str, Any] = field(default_factory=dict)
 
     def input_specs(self) -> list[InputSpec]:
         """The inputs as typed specs (ProtocolError if one is malformed)."""

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from ematix_flow.engine.digest import hash_digest
 from ematix_flow.errors import ConfigError, FlowError
+from ematix_flow.logs import LogFormat, setup_logging
 from ematix_flow.transport.tls import TLSConfig
 from ematix_flow.worker.limits import WorkerLimits
 from ematix_flow.worker.policy import AccessPolicy
@@ -86,6 +87,13 @@ def _split_peers(value: str) -> list[str]:
     type=click.Choice(["debug", "info", "warning", "error"]),
     help="debug also shows gRPC's own log lines.",
 )
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one JSON object per line; a task's lines carry query_id, stage and task.",
+)
 def worker(
     listen: str,
     peers: str,
@@ -102,16 +110,13 @@ def worker(
     max_tasks: int,
     query_ttl: float,
     log_level: str,
+    log_format: LogFormat,
 ) -> None:
     """Run one ematix-flow peer: an Arrow Flight server over mutual TLS.
 
     Example: flow-worker --listen 0.0.0.0:50051 --peers 10.0.0.6:50051 --tls-dir certs
     """
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(log_level, log_format)
     if log_level != "debug":  # gRPC logs a failed bind itself, in lines of its own; read once, at start
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from ematix_flow.errors import AccessDeniedError, ConfigError
+from ematix_flow.errors import AccessDeniedError, ConfigError, PlanningError, ProtocolError
 from ematix_flow.planner.nodes import parse_tree
 from ematix_flow.planner.paths import FileAccess, file_accesses
 
@@ -55,7 +55,11 @@ class AccessPolicy:
 
     def check_plan(self, plan: bytes) -> None:
         """Refuse a plan that touches files outside the data roots, or holds custom code nodes."""
-        if not self.allow_udfs and any(n.kind == "extension" for n in parse_tree(plan).walk()):
+        try:
+            nodes = list(parse_tree(plan).walk())
+        except (ProtocolError, PlanningError) as exc:
+            raise ProtocolError(f"could not decode the task plan: {exc}") from exc
+        if not self.allow_udfs and any(n.kind == "extension" for n in nodes):
             raise AccessDeniedError(
                 "the plan holds an extension node (custom code): this worker runs without --allow-udfs"
             )

@@ -18,6 +18,7 @@ from ematix_flow.engine.exchange import host_id
 from ematix_flow.engine.run import is_panic
 from ematix_flow.engine.settings import execution_context
 from ematix_flow.errors import AccessDeniedError, FlowError, ProtocolError, TaskFailedError
+from ematix_flow.logs import task_context
 from ematix_flow.transport.flight import ClientPool, remote_error
 from ematix_flow.transport.messages import MAX_MESSAGE_BYTES, OutputRef, PeerInfo, TaskSpec
 from ematix_flow.transport.tls import TLSConfig, flight_server_kwargs, location
@@ -113,10 +114,17 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
             limit = MAX_ACTION_BODY.get(kind)
             if limit is not None and len(body) > limit:
                 raise ProtocolError(f"{kind} body of {len(body)} bytes is over the {limit}-byte limit")
-            if kind == "hello":
+            if kind == "run_task":
+                spec = TaskSpec.from_bytes(body)
+                check_query_id(spec.query_id)
+                with task_context(spec.query_id, spec.stage, spec.task):  # tags its log lines
+                    try:
+                        result = self._run_task(spec)
+                    except BaseException as exc:
+                        raise self._failed(kind, exc) from exc
+                yield flight.Result(result)  # outside: Flight may resume a generator in another context
+            elif kind == "hello":
                 yield flight.Result(self._hello().to_bytes())
-            elif kind == "run_task":
-                yield flight.Result(self._run_task(body))
             elif kind == "release":
                 self.store.release(check_query_id(body.decode("utf-8", "replace")))
             elif kind == "cancel":
@@ -126,19 +134,25 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
                 raise ProtocolError(
                     f"unknown action {kind[:40]!r}: this worker knows {', '.join(sorted(ACTIONS))}"
                 )
-        except flight.FlightError:
-            raise
-        except FlowError as exc:
-            log.warning("action %s failed: %s", kind, exc)
-            raise remote_error(exc) from exc
-        except Exception as exc:
-            log.exception("action %s failed", kind)
-            raise remote_error(exc) from exc
         except BaseException as exc:
-            if not is_panic(exc):
-                raise
+            raise self._failed(kind, exc) from exc
+
+    @staticmethod
+    def _failed(kind: str, exc: BaseException) -> BaseException:
+        """Log a failed action once and return the one-line Flight error its caller gets."""
+        out: BaseException = exc  # FlightError: already translated (and logged) further in;
+        if isinstance(exc, flight.FlightError):  # GeneratorExit, SystemExit...: not ours to translate
+            return out
+        if isinstance(exc, FlowError):
+            log.warning("action %s failed: %s", kind, exc)
+            out = remote_error(exc)
+        elif isinstance(exc, Exception):
+            log.exception("action %s failed", kind)
+            out = remote_error(exc)
+        elif is_panic(exc):
             log.error("action %s: the engine panicked: %s", kind, str(exc).splitlines()[:1])
-            raise remote_error(TaskFailedError(f"the engine failed: {exc}")) from exc
+            out = remote_error(TaskFailedError(f"the engine failed: {exc}"))
+        return out
 
     def _hello(self) -> PeerInfo:
         return PeerInfo(
@@ -152,13 +166,11 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
             peers_down=sorted(self._peers_down),
         )
 
-    def _run_task(self, body: bytes) -> bytes:
-        spec = TaskSpec.from_bytes(body)
-        check_query_id(spec.query_id)
+    def _run_task(self, spec: TaskSpec) -> bytes:
         spec.input_specs()  # malformed inputs: a ProtocolError before anything else
         self.policy.check_plan(spec.plan)  # before decoding: paths, extension nodes
         task_dir = self.store.task_dir(spec.query_id, spec.stage, spec.task)
-        log.debug("query=%s stage=%d task=%d starting", spec.query_id, spec.stage, spec.task)
+        log.debug("starting")
         with self._lock:
             cancel = self._cancels.setdefault(spec.query_id, threading.Event())
             self._running[spec.query_id] = self._running.get(spec.query_id, 0) + 1

@@ -82,13 +82,5 @@ class TaskRunner:
         ]
         seconds = time.perf_counter() - t0
         rows = sum(p.rows for p in parts)
-        log.info(
-            "query=%s stage=%d task=%d done: %d rows in %d partitions, %.3fs",
-            spec.query_id,
-            spec.stage,
-            spec.task,
-            rows,
-            len(parts),
-            seconds,
-        )
+        log.info("done: %d rows in %d partitions, %.3fs", rows, len(parts), seconds)
         return TaskResult(outputs, disk_schema, names, rows, seconds, host_id(), fetched)
