@@ -50,6 +50,7 @@ PACKET_MR_PROMISC = 1
 PACKET_STATISTICS = 6
 SO_RCVBUFFORCE = 33
 TCP_SYN = 0x02
+TCP_RST = 0x04
 
 #: TLS record content types: change_cipher_spec, alert, handshake, application_data.
 TLS_CONTENT_TYPES = frozenset({0x14, 0x15, 0x16, 0x17})
@@ -226,15 +227,25 @@ class Direction:
     isn: int | None = None  # the SYN's sequence number: the stream starts at isn + 1
     segments: dict[int, bytes] = field(default_factory=dict)
     payload_bytes: int = 0  # every payload byte seen (retransmissions and duplicates included)
+    packets: int = 0
+    resets: int = 0  # segments with RST set
 
     def add(self, seq: int, flags: int, payload: bytes) -> None:
         """Record one segment."""
+        self.packets += 1
+        if flags & TCP_RST:
+            self.resets += 1
         if flags & TCP_SYN:
             self.isn = seq
         if payload:
             self.payload_bytes += len(payload)
             if len(payload) > len(self.segments.get(seq, b"")):
                 self.segments[seq] = payload
+
+    @property
+    def refused(self) -> bool:
+        """Only resets, no data: the answer of a port nobody listened on yet (a refused SYN)."""
+        return self.isn is None and self.packets == self.resets and not self.payload_bytes
 
     def stream(self) -> tuple[bytes, bool]:
         """The bytes sent from the start of the connection up to the first hole; and whether there is none."""
