@@ -106,7 +106,9 @@ def _get(client: flight.FlightClient, ticket: bytes) -> None:
     _assert_answered_or_refused(lambda: client.do_get(flight.Ticket(ticket), CALL).read_all())
 
 
-ACTIONS = st.sampled_from(["hello", "run_task", "release", "cancel"]) | st.text(string.printable, max_size=40)
+ACTIONS = st.sampled_from(["hello", "run_task", "release", "cancel", "status"]) | st.text(
+    string.printable, max_size=40
+)
 SCALARS = (
     st.none()
     | st.booleans()

@@ -189,3 +189,6 @@ class PeerInfo(_Message):
     hash_digest: str
     peers: list[str] = field(default_factory=list)
     peers_down: list[str] = field(default_factory=list)  # of ``peers``, those that did not answer lately
+    tasks_running: int = 0  # its load when it answered (older workers: 0)
+    tasks_queued: int = 0  # tasks waiting for one of its --max-tasks slots
+    http: str = ""  # its status page and API ("http(s)://HOST:PORT"), "" when it serves none

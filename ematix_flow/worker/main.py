@@ -41,6 +41,13 @@ def _split_peers(value: str) -> list[str]:
 )
 @click.option("--peers", default="", help="Other peers of the mesh, comma-separated HOST:PORT.")
 @click.option(
+    "--http",
+    "http_listen",
+    metavar="HOST:PORT",
+    help="Also serve health, Prometheus metrics, the status API and page here (port 0: any); "
+    "mutual TLS with the --tls-dir material unless HOST is loopback [off].",
+)
+@click.option(
     "--tls-dir", type=click.Path(file_okay=False), envvar="FLOW_TLS_DIR", help="Dir with ca.pem and NAME.pem."
 )
 @click.option(
@@ -97,6 +104,7 @@ def _split_peers(value: str) -> list[str]:
 def worker(
     listen: str,
     peers: str,
+    http_listen: str | None,
     tls_dir: str | None,
     tls_name: str,
     work_dir: str | None,
@@ -128,6 +136,8 @@ def worker(
         )
         policy = AccessPolicy.create(allow_peers, data_roots, allow_udfs)
         _check_plaintext(listen, insecure, insecure_i_know, policy)
+        if http_listen:
+            _check_plaintext(http_listen, insecure, insecure_i_know, policy, "--http")
         server = _start(listen, peers, tls_dir, tls_name, work_dir, insecure, limits, policy)
     except FlowError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -138,6 +148,7 @@ def worker(
             f"error: cannot serve on {listen}: {reason} (is another process using the port?)", err=True
         )
         sys.exit(2)
+    http_url = _serve_http(server, http_listen, tls_dir, tls_name) if http_listen else ""
 
     stop = threading.Event()
 
@@ -150,8 +161,10 @@ def worker(
     log.info("access: %s", policy.describe())
     if not data_roots:
         log.warning("no --data-root: tasks may read and write any file this user can (see SECURITY.md)")
+    http_text = f" http {http_url}" if http_url else ""
     click.echo(
         f"flow-worker ready on {scheme}://{server.address} (name {server.name}, work dir {server.store.root})"
+        + http_text
     )
     sys.stdout.flush()
     while not stop.wait(0.5):
@@ -212,7 +225,9 @@ def _start(
         raise
 
 
-def _check_plaintext(listen: str, insecure: bool, i_know: bool, policy: AccessPolicy) -> None:
+def _check_plaintext(
+    listen: str, insecure: bool, i_know: bool, policy: AccessPolicy, flag: str = "--listen"
+) -> None:
     """Plaintext only when asked for, beyond loopback only when asked twice, and loudly."""
     if not insecure:
         return
@@ -221,17 +236,43 @@ def _check_plaintext(listen: str, insecure: bool, i_know: bool, policy: AccessPo
     host = listen.rsplit(":", 1)[0].strip("[]")
     if _is_loopback(host):
         return
+    if flag == "--listen":
+        what = "run tasks and read data"
+        hint = "run tasks and read this worker's files"
+    else:
+        what = hint = "read the status of every query, SQL included"
     if not i_know:
+        where = host if flag == "--listen" else f"{host} ({flag})"
         raise ConfigError(
-            f"--insecure on {host} serves plaintext to the network, where anyone who reaches the port can "
-            "run tasks and read data: use --tls-dir, or add --insecure-i-know if you really mean it"
+            f"--insecure on {where} serves plaintext to the network, where anyone who reaches the port can "
+            f"{what}: use --tls-dir, or add --insecure-i-know if you really mean it"
         )
     for _ in range(3):
         log.warning(
-            "INSECURE: serving plaintext on %s without authentication: anyone who reaches it can run "
-            "tasks and read this worker's files (--insecure-i-know)",
+            "INSECURE: serving plaintext on %s without authentication: anyone who reaches it can %s "
+            "(--insecure-i-know)",
             listen,
+            hint,
         )
+
+
+def _serve_http(server: WorkerServer, listen: str, tls_dir: str | None, tls_name: str) -> str:
+    """Start the worker's HTTP side (mTLS off loopback); on failure stop the worker and exit 2."""
+    from ematix_flow.worker.http import TLSFiles
+
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    tls = None
+    if tls_dir and not _is_loopback(host):
+        root = Path(tls_dir)
+        tls = TLSFiles(ca=root / "ca.pem", cert=root / f"{tls_name}.pem", key=root / f"{tls_name}-key.pem")
+    try:
+        return server.serve_http(listen, tls)
+    except (FlowError, OSError) as exc:
+        server.close_all()
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        hint = " (is another process using the port?)" if isinstance(exc, OSError) else ""
+        click.echo(f"error: cannot serve HTTP on {listen}: {reason}{hint}", err=True)
+        sys.exit(2)
 
 
 def _is_loopback(host: str) -> bool:
