@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ematix_flow.cli.progress import TerminalProgress
 from ematix_flow.cli.tables import register_all
 from ematix_flow.coordinator_lib.mesh import Mesh
 from ematix_flow.errors import ConfigError
@@ -96,7 +97,9 @@ def open_mesh(
     "--output", "-o", type=click.Path(dir_okay=False), help="Write the result to FILE instead of stdout."
 )
 @click.option("--max-rows", type=int, default=100, show_default=True, help="Rows shown by --format table.")
-@click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
+@click.option(
+    "--quiet", "-q", is_flag=True, help="No summary line on stderr, no progress display on a terminal."
+)
 @click.option("--report", is_flag=True, help="Print which stages ran where (tasks, peers, rows) on stderr.")
 @click.option("--timeout", type=float, help="Cancel the query on every peer after SECONDS.")
 def sql(
@@ -119,6 +122,8 @@ def sql(
 ) -> None:
     """Run a SQL query on the mesh and print or save the result.
 
+    While it runs, a terminal on stderr shows each stage's tasks and rows (not a pipe or a file).
+
     \b
     Examples:
       flow sql --local 3 --table lineitem=data/tpch-sf0.1/lineitem.parquet "SELECT count(*) FROM lineitem"
@@ -130,9 +135,13 @@ def sql(
     t0 = time.perf_counter()
     with open_mesh(peers, tls_dir, tls_name, insecure, local, partitions=partitions) as mesh:
         register_all(mesh, tables, tables_dir)
-        rows = _write(
-            mesh.sql_batches(text, timeout=timeout), fmt, output, max_rows, lambda: _result_schema(mesh)
-        )
+        with TerminalProgress(not quiet) as progress:
+            batches: Iterator[pa.RecordBatch] = mesh.sql_batches(
+                text, timeout=timeout, progress=progress.hook
+            )
+            if fmt != "table" and not output:  # the result streams to stdout: no display under it
+                batches = progress.until_output(batches)
+            rows = _write(batches, fmt, output, max_rows, lambda: _result_schema(mesh))
         if report and mesh.last_run:
             click.echo(str(mesh.last_run), err=True)
         if not quiet:
@@ -252,6 +261,21 @@ def _cell(value: object) -> str:
 
 @click.command()
 @mesh_options
+@click.option(
+    "--analyze",
+    is_flag=True,
+    help="Run the query (rows dropped) and show per stage: tasks, peers, rows, bytes, wall time.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json (with --analyze): the run as one JSON object on stdout.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress display on a terminal (--analyze).")
+@click.option("--timeout", type=float, help="With --analyze: cancel the query on every peer after SECONDS.")
 def explain(
     peers: str | None,
     tls_dir: str | None,
@@ -263,14 +287,33 @@ def explain(
     partitions: int | None,
     sql_file: TextIO | None,
     query: str | None,
+    analyze: bool,
+    fmt: str,
+    quiet: bool,
+    timeout: float | None,
 ) -> None:
     """Print the stage graph a query would run as (stages, exchanges, splits).
 
+    With --analyze the query runs, and each stage also says what it did. --format json prints
+    {"query_id", "sql", "seconds", "rows", "distributed", "peers", ..., "stages": [{"id", "kind",
+    "inputs", "tasks", "peers", "rows", "bytes_written", "bytes_read", "bytes_fetched", "seconds",
+    "started", "failures", "task_runs"}]}: stages by id, the root (on the submitter) last.
+
     \b
-    Example:
+    Examples:
       flow explain --local 3 --tables-dir data/tpch-sf0.1 -f bench/tpch/queries/q05.sql
+      flow explain --analyze --local 3 --tables-dir data/tpch-sf0.1 -f bench/tpch/queries/q09.sql
     """  # noqa: D301
     text = _query_text(query, sql_file)
+    if fmt == "json" and not analyze:
+        raise ConfigError("--format json needs --analyze (it describes a run)")
+    if timeout is not None and not analyze:
+        raise ConfigError("--timeout needs --analyze (plain explain runs nothing)")
     with open_mesh(peers, tls_dir, tls_name, insecure, local, partitions=partitions) as mesh:
         register_all(mesh, tables, tables_dir)
-        click.echo(mesh.explain(text))
+        if not analyze:
+            click.echo(mesh.explain(text))
+            return
+        with TerminalProgress(not quiet) as progress:
+            run = mesh.analyze(text, timeout=timeout, progress=progress.hook)
+        click.echo(json.dumps(run.to_dict(), indent=2) if fmt == "json" else mesh.analyzed_text(run))

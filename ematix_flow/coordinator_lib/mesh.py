@@ -20,6 +20,7 @@ from datafusion import AggregateUDF, ScalarUDF
 
 from ematix_flow.coordinator_lib.local import LocalWorker, spawn_worker
 from ematix_flow.coordinator_lib.planning import PlannedQuery, plan_query
+from ematix_flow.coordinator_lib.progress import ROOT_PROGRESS_SECONDS, ProgressHook, QueryProgress
 from ematix_flow.coordinator_lib.report import RunReport, StageReport, render_graph
 from ematix_flow.coordinator_lib.schemas import explain_schemas
 from ematix_flow.coordinator_lib.state import Assignment, QueryState
@@ -77,6 +78,31 @@ def _exchanges_to_keep(planned: PlannedQuery, exc: TaskFailedError, keep: dict[i
     reason = f"stage {exc.stage} failed when cut there: {detail[:160]}"
     stage = planned.graph[exc.stage]
     return {i.exchange: reason for i in stage.inputs if i.exchange >= 0 and i.exchange not in keep}
+
+
+class _Progress:
+    """Sends snapshots of one attempt of a query to a progress hook (a no-op without one)."""
+
+    def __init__(
+        self, hook: ProgressHook | None, state: QueryState | None, report: RunReport, t0: float
+    ) -> None:
+        self.hook, self.state, self.report, self.t0 = hook, state, report, t0
+        self.last = 0.0
+
+    def __call__(self, *, finished: bool = False) -> None:
+        """Report now."""
+        if self.hook is None:
+            return
+        self.last = time.perf_counter()
+        rows = self.report.rows
+        stages = self.state.snapshot(rows) if self.state is not None else ()
+        query_id = self.state.query_id if self.state is not None else self.report.query_id
+        self.hook(QueryProgress(query_id, self.last - self.t0, stages, rows, finished))
+
+    def streaming(self) -> None:
+        """Report while the result streams, at most every ROOT_PROGRESS_SECONDS."""
+        if self.hook is not None and time.perf_counter() - self.last >= ROOT_PROGRESS_SECONDS:
+            self()
 
 
 class Mesh:
@@ -263,8 +289,22 @@ class Mesh:
             raise ConfigError(f"cannot register table {name}: {first}") from exc
 
     # ------------------------------------------------------------------ queries
-    def explain(self, sql: str) -> str:
-        """The stage graph of ``sql``, readable (and whether the adaptive gate keeps it in-process)."""
+    def explain(
+        self,
+        sql: str,
+        analyze: bool = False,
+        *,
+        timeout: float | None = None,
+        progress: ProgressHook | None = None,
+    ) -> str:
+        """The stage graph of ``sql``, readable (and whether the adaptive gate keeps it in-process).
+
+        ``analyze=True`` runs the query (its rows are counted, not kept) and says, per stage, what it
+        did: tasks, peers, rows, bytes written / read / fetched over Flight, wall time; plus the
+        total time and result rows. ``Mesh.analyze`` gives the same as a ``RunReport``.
+        """
+        if analyze:
+            return self.analyzed_text(self.analyze(sql, timeout=timeout, progress=progress))
         planned = plan_query(self._ctx, sql)
         if planned.local_plan is not None:
             return f"{self._local_reason(planned)}\n{planned.local_plan.display_indent()}"
@@ -272,6 +312,22 @@ class Mesh:
         if self._runs_locally(planned):
             text = f"{self._local_reason(planned)}\n{text}"
         return text
+
+    def analyze(
+        self, sql: str, *, timeout: float | None = None, progress: ProgressHook | None = None
+    ) -> RunReport:
+        """Run ``sql``, dropping its rows, and return what it did (``RunReport.to_dict()`` for JSON)."""
+        for _ in self._batches(sql, [], timeout, progress):
+            pass
+        assert self.last_run is not None
+        return self.last_run
+
+    def analyzed_text(self, report: RunReport) -> str:
+        """The stage graph of a run, each stage with what it did (``explain(sql, analyze=True)``)."""
+        if report.graph is None:
+            ran = f"Ran in-process in {report.seconds:.3f}s: {report.rows:,} result rows"
+            return f"{self.explain(report.sql)}\n{ran}"
+        return render_graph(report.graph, len(self.peers), report)
 
     def _runs_locally(self, planned: PlannedQuery) -> bool:
         return planned.local_plan is not None or planned.scan_bytes < self.local_below_bytes
@@ -284,27 +340,36 @@ class Mesh:
             f"{self.local_below_bytes / 1e6:.1f} MB adaptive gate (Mesh(local_below_bytes=0) distributes it)"
         )
 
-    def sql(self, sql: str, *, timeout: float | None = None) -> pa.Table:
+    def sql(
+        self, sql: str, *, timeout: float | None = None, progress: ProgressHook | None = None
+    ) -> pa.Table:
         """Run ``sql`` on the mesh and return the whole result.
 
         ``timeout`` (seconds) bounds the whole query: past it, its tasks are cancelled on every peer
-        and QueryTimeoutError is raised.
+        and QueryTimeoutError is raised. ``progress`` is called with a ``QueryProgress`` snapshot
+        (stages, tasks done / running / failed, rows) whenever a task is launched, ends or fails.
         """
         schema: list[pa.Schema] = []
-        batches = list(self._batches(sql, schema, timeout))
+        batches = list(self._batches(sql, schema, timeout, progress))
         if not batches:
             return schema[0].empty_table()
         return pa.Table.from_batches(batches, schema=batches[0].schema)
 
-    def sql_batches(self, sql: str, *, timeout: float | None = None) -> Generator[pa.RecordBatch, None, None]:
-        """Run ``sql`` on the mesh and yield the result batch by batch.
+    def sql_batches(
+        self, sql: str, *, timeout: float | None = None, progress: ProgressHook | None = None
+    ) -> Generator[pa.RecordBatch, None, None]:
+        """Run ``sql`` on the mesh and yield the result batch by batch (``progress``: as for ``sql``).
 
         Close the generator (or the Mesh) to stop early: either releases the query's files on the peers.
         """
-        return self._batches(sql, [], timeout)
+        return self._batches(sql, [], timeout, progress)
 
     def _batches(
-        self, sql: str, schema_out: list[pa.Schema], timeout: float | None = None
+        self,
+        sql: str,
+        schema_out: list[pa.Schema],
+        timeout: float | None = None,
+        hook: ProgressHook | None = None,
     ) -> Generator[pa.RecordBatch, None, None]:
         if self._closed:
             raise ConfigError("this Mesh is closed: open a new one")
@@ -315,7 +380,7 @@ class Mesh:
         planned = plan_query(self._ctx, sql)
         schema_out.append(planned.logical_schema)
         if self._runs_locally(planned):
-            yield from self._in_process(planned, t0)
+            yield from self._in_process(planned, t0, hook)
             return
         for attempt in range(MAX_REPLANS + 1):
             if attempt:
@@ -334,11 +399,16 @@ class Mesh:
                 max_attempts=self.max_attempts,
                 down=set(self._down),
             )
-            stages = [StageReport(s.id, s.kind) for s in planned.graph.stages]
-            report = RunReport(query_id, sql, stages, schema=planned.logical_schema, kept=dict(keep))
+            stages = [
+                StageReport(s.id, s.kind, inputs=[i.stage for i in s.inputs]) for s in planned.graph.stages
+            ]
+            report = RunReport(
+                query_id, sql, stages, schema=planned.logical_schema, kept=dict(keep), graph=planned.graph
+            )
+            progress = _Progress(hook, state, report, t0)
             self._open[query_id] = set(self.peers)
             try:
-                first, rest = self._start(state, planned, deadline)
+                first, rest = self._start(state, planned, deadline, progress)
                 break
             except BaseException as exc:
                 self._finish(report, state, t0)
@@ -359,15 +429,22 @@ class Mesh:
                 if deadline is not None and time.monotonic() > deadline:
                     raise QueryTimeoutError(f"query timed out after {timeout:g} s while streaming its result")
                 report.rows += batch.num_rows
+                progress.streaming()
                 yield batch
+            state.root_finished(report.rows)
+            progress(finished=True)
         finally:
             rest.close()
             self._finish(report, state, t0)
 
-    def _in_process(self, planned: PlannedQuery, t0: float) -> Generator[pa.RecordBatch, None, None]:
+    def _in_process(
+        self, planned: PlannedQuery, t0: float, hook: ProgressHook | None
+    ) -> Generator[pa.RecordBatch, None, None]:
         """Run the whole plan here (the adaptive gate): no stages, no peers."""
         report = RunReport(uuid.uuid4().hex, planned.sql, [], schema=planned.logical_schema)
         report.note = self._local_reason(planned)
+        progress = _Progress(hook, None, report, t0)
+        progress()
         if planned.local_plan is not None:
             ctx, plan = self._ctx, planned.local_plan
         else:
@@ -376,13 +453,15 @@ class Mesh:
         try:
             for batch in stream_partitions(ctx, plan):
                 report.rows += batch.num_rows
+                progress.streaming()
                 yield batch
+            progress(finished=True)
         finally:
             report.seconds = time.perf_counter() - t0
             self.last_run = report
 
     def _start(
-        self, state: QueryState, planned: PlannedQuery, deadline: float | None = None
+        self, state: QueryState, planned: PlannedQuery, deadline: float | None, progress: _Progress
     ) -> tuple[pa.RecordBatch | None, Generator[pa.RecordBatch, None, None]]:
         """Run every stage but the root, then start the root: its first batch and the rest.
 
@@ -391,10 +470,13 @@ class Mesh:
         """
         root = planned.graph.root
         while True:
-            self._run_stages(state, planned, deadline)
+            self._run_stages(state, planned, deadline, progress)
+            state.root_started()
+            progress()
             try:
                 self._fill_schemas(state, planned, root.inputs)
-                plan, _ = self._runner.prepare(state.root_spec(), self._scratch / state.query_id)
+                spec = state.root_spec()
+                plan, state.root_fetched = self._runner.prepare(spec, self._scratch / state.query_id)
                 rest = stream_partitions(self._runner.ctx, plan)
                 return next(rest, None), rest
             except PeerUnreachableError as exc:
@@ -412,6 +494,7 @@ class Mesh:
         else:
             state.peer_down(peer)
             state.root_attempts += 1
+            state.root_status = "pending"
             if state.root_attempts > state.max_attempts or not state.live_peers:
                 raise exc
         self._down[peer] = time.monotonic()
@@ -419,18 +502,18 @@ class Mesh:
     def _finish(self, report: RunReport, state: QueryState, t0: float) -> None:
         """Record what ran and release the query's files (idempotent)."""
         if report.query_id in self._open:
-            report.retries = state.retries
-            report.peers_lost = list(state.lost)
-            for rec in state.records:
-                report.stages[rec.stage].tasks.append(rec)
+            report.collect(state, t0)
             report.seconds = time.perf_counter() - t0
             self.last_run = report
         self._release(report.query_id)
 
-    def _run_stages(self, state: QueryState, planned: PlannedQuery, deadline: float | None = None) -> None:
+    def _run_stages(
+        self, state: QueryState, planned: PlannedQuery, deadline: float | None, progress: _Progress
+    ) -> None:
         running: dict[Future[bytes], Assignment] = {}
         try:
             while True:
+                launched = 0
                 for stage in state.launchable():
                     self._fill_schemas(state, planned, stage.inputs)
                     for a in state.launch(stage):
@@ -438,6 +521,9 @@ class Mesh:
                             self._pool.action, a.peer, "run_task", a.spec.to_bytes(), self.task_timeout
                         )
                         running[fut] = a
+                        launched += 1
+                if launched:
+                    progress()
                 if not running:
                     return
                 left = None if deadline is None else deadline - time.monotonic()
@@ -453,11 +539,13 @@ class Mesh:
                         body = fut.result()
                     except PeerUnreachableError as exc:
                         self._peer_failed(state, a, exc)
+                        progress()
                         continue
                     except TaskFailedError as exc:
                         exc.stage = a.stage if exc.stage < 0 else exc.stage
                         raise
                     state.task_done(a, TaskResult.from_bytes(body))
+                    progress()
         except BaseException:
             if running:  # stop in-flight tasks, then let them end before their files are released
                 self._cancel(state.query_id, {a.peer for a in running.values()})

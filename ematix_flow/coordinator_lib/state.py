@@ -13,8 +13,12 @@ the tasks that could not read them are relaunched once their inputs are whole ag
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
+from ematix_flow.coordinator_lib.progress import StageProgress
 from ematix_flow.engine.exchange import merge_nullability
 from ematix_flow.errors import PeerUnreachableError
 from ematix_flow.planner.slicing import Parts, TaskSlice, plan_tasks, slice_stage
@@ -32,11 +36,13 @@ class Assignment:
     parts: Parts
     spec: TaskSpec
     attempt: int = 1
+    launched: float = 0.0  # the state's clock when it was placed
+    input_bytes: int = 0  # bytes of producer outputs it reads (over Flight or in place)
 
 
 @dataclass
 class TaskRecord:
-    """A finished task, for reports."""
+    """A finished task, for reports (the root stage's run on the submitter has ``peer == ""``)."""
 
     stage: int
     task: int
@@ -47,6 +53,9 @@ class TaskRecord:
     fetched_bytes: int
     output_bytes: int
     attempt: int = 1
+    input_bytes: int = 0
+    started: float = 0.0  # the state's clock (time.perf_counter) when it was launched
+    ended: float = 0.0  # ... and when its result arrived
 
 
 @dataclass
@@ -93,6 +102,7 @@ class QueryState:
         max_attempts: int = 3,
         down: set[str] | None = None,
         sql: str = "",
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.query_id = query_id
         self.info: dict[str, object] = {
@@ -114,6 +124,12 @@ class QueryState:
         self.retries = 0
         self.root_attempts = 0
         self.lost: list[str] = []  # peers found dead while this query ran
+        self.clock = clock
+        self.spans: dict[int, tuple[float, float]] = {}  # stage -> (first task launched, last ended)
+        self.root_status = "pending"  # pending | running | done: the root stage, run by the submitter
+        self.root_fetched = 0  # bytes the root stage fetched over Flight
+        self.root_input_bytes = 0  # bytes of producer outputs the root stage reads
+        self.root_record: TaskRecord | None = None  # set when the root stage has streamed its result
 
     # ------------------------------------------------------------ decisions
     @property
@@ -170,7 +186,58 @@ class QueryState:
         """The spec of the root stage, which the submitter runs itself."""
         root = self.graph.root
         sl = slice_stage(root, None)
-        return TaskSpec(self.query_id, root.id, 0, sl.plan, self._inputs(root, sl.inputs), self.local_reads)
+        inputs = self._inputs(root, sl.inputs)
+        self.root_input_bytes = _input_bytes(inputs)
+        return TaskSpec(self.query_id, root.id, 0, sl.plan, inputs, self.local_reads)
+
+    # ------------------------------------------------------------ progress
+    def snapshot(self, result_rows: int = 0) -> tuple[StageProgress, ...]:
+        """Every stage's progress, by id (the root last, with the result rows streamed so far)."""
+        return tuple(self._stage_progress(s, result_rows) for s in self.graph.stages)
+
+    def _stage_progress(self, stage: Stage, result_rows: int) -> StageProgress:
+        if stage.id == self.graph.root.id:
+            status = self.root_status
+            done, running = int(status == "done"), int(status == "running")
+            return StageProgress(stage.id, stage.kind, 1, done, running, self.root_attempts, result_rows)
+        run = self.runs.get(stage.id)
+        slots = run.slots if run is not None else []
+        return StageProgress(
+            stage.id,
+            stage.kind,
+            len(slots),
+            sum(s.state == "done" for s in slots),
+            sum(s.state == "running" for s in slots),
+            sum(s.failures for s in slots),
+            sum(s.result.rows for s in slots if s.result is not None),
+        )
+
+    def tasks_and_failures(self, stage_id: int) -> tuple[int, int]:
+        """(tasks, failed launches) of a stage; the root is one task on the submitter."""
+        if stage_id == self.graph.root.id:
+            return 1, self.root_attempts
+        run = self.runs.get(stage_id)
+        return (len(run.slots), sum(s.failures for s in run.slots)) if run else (0, 0)
+
+    def _touch(self, stage_id: int, now: float) -> None:
+        first, last = self.spans.get(stage_id, (now, now))
+        self.spans[stage_id] = (min(first, now), max(last, now))
+
+    def root_started(self) -> None:
+        """The submitter starts (or restarts) the root stage."""
+        self.root_status = "running"
+        self._touch(self.graph.root.id, self.clock())
+
+    def root_finished(self, rows: int) -> None:
+        """The root stage streamed its last batch: ``rows`` result rows."""
+        now = self.clock()
+        root = self.graph.root.id
+        self._touch(root, now)
+        self.root_status = "done"
+        started = self.spans[root][0]
+        fetched, read = self.root_fetched, self.root_input_bytes
+        seconds = now - started
+        self.root_record = TaskRecord(root, 0, "", None, rows, seconds, fetched, 0, 1, read, started, now)
 
     # ------------------------------------------------------------ events
     def task_done(self, a: Assignment, result: TaskResult) -> None:
@@ -179,6 +246,8 @@ class QueryState:
         slot = run.slots[a.task]
         if slot.state != "running" or slot.peer != a.peer:
             return  # a stale attempt (its peer was declared down meanwhile)
+        now = self.clock()
+        self._touch(a.stage, now)
         slot.state, slot.result = "done", result
         if result.schema is not None:
             run.schema = result.schema if run.schema is None else merge_nullability(run.schema, result.schema)
@@ -195,6 +264,9 @@ class QueryState:
                 result.fetched_bytes,
                 out_bytes,
                 a.attempt,
+                a.input_bytes,
+                a.launched,
+                now,
             )
         )
 
@@ -208,6 +280,7 @@ class QueryState:
         if slot.state == "running" and slot.peer == a.peer:
             slot.state = "pending"
         slot.failures += 1
+        self._touch(a.stage, self.clock())
         self.peer_down(error.peer or a.peer)
         if slot.failures >= self.max_attempts or not self.live_peers:
             tried = ", ".join(slot.peers_tried)
@@ -240,7 +313,9 @@ class QueryState:
         slot.peers_tried.append(peer)
         inputs = self._inputs(stage, slot.slice.inputs)
         spec = TaskSpec(self.query_id, stage.id, t, slot.slice.plan, inputs, self.local_reads, self.info)
-        return Assignment(stage.id, t, peer, slot.parts, spec, slot.attempts)
+        now = self.clock()
+        self._touch(stage.id, now)
+        return Assignment(stage.id, t, peer, slot.parts, spec, slot.attempts, now, _input_bytes(inputs))
 
     def _output_bytes(self, stage_id: int) -> int:
         run = self.runs.get(stage_id)
@@ -275,3 +350,9 @@ class QueryState:
         else:
             groups = gathered or [[]]
         return {"index": inp.index, "schema": run.schema, "names": run.names, "groups": groups}
+
+
+def _input_bytes(inputs: list[dict[str, object]]) -> int:
+    """Bytes of every producer output a task's inputs name."""
+    groups = (cast(list[list[dict[str, int]]], inp["groups"]) for inp in inputs)
+    return sum(src["nbytes"] for g in groups for group in g for src in group)
