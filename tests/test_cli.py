@@ -317,7 +317,7 @@ def test_certs_worker_and_sql_end_to_end(tpch_data: Path, tmp_path: Path, scratc
             ["n_regionkey", "c"],
             *[[str(k), "5"] for k in range(5)],
         ]
-        assert "on 1 peers" in result.stderr, result.stderr
+        assert "on 1 peer)" in result.stderr, result.stderr
         # the same through the environment variable instead of --tls-dir
         env_run = subprocess.run(
             [

@@ -146,7 +146,8 @@ def sql(
             click.echo(str(mesh.last_run), err=True)
         if not quiet:
             run = mesh.last_run
-            where = f"on {len(run.peers_used)} peers" if run and run.distributed else "on the submitter"
+            n = len(run.peers_used) if run else 0
+            where = f"on {n} peer{'' if n == 1 else 's'}" if run and run.distributed else "on the submitter"
             click.echo(f"{rows} rows in {time.perf_counter() - t0:.2f}s ({where})", err=True)
 
 

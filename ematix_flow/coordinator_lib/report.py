@@ -65,12 +65,16 @@ def _stage_head(stage: Stage, peers: int) -> str:
 
 def _run_lines(report: RunReport) -> list[str]:
     """The header of an analyzed graph: what the whole run did."""
-    where = f"tasks on {len(report.peers_used)} peers" if report.distributed else "on the submitter"
+    where = f"tasks on {_peers(len(report.peers_used))}" if report.distributed else "on the submitter"
     lines = [f"Ran in {report.seconds:.3f}s: {report.rows:,} result rows, {where} (query {report.query_id})"]
     if report.retries:
         lines.append(f"  {report.retries} tasks re-run after peers were lost: {', '.join(report.peers_lost)}")
     lines += [f"  re-planned: exchanges kept inside a stage ({r})" for r in sorted(set(report.kept.values()))]
     return lines
+
+
+def _peers(n: int) -> str:
+    return f"{n} peer" if n == 1 else f"{n} peers"
 
 
 def size_text(nbytes: int) -> str:
@@ -261,9 +265,8 @@ class RunReport:
         }
 
     def __str__(self) -> str:
-        lines = [
-            f"query {self.query_id}: {self.rows} rows in {self.seconds:.3f}s on {len(self.peers_used)} peers"
-        ]
+        where = _peers(len(self.peers_used))
+        lines = [f"query {self.query_id}: {self.rows} rows in {self.seconds:.3f}s on {where}"]
         if self.note:
             lines.append(f"  {self.note}")
         if self.retries:
