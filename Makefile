@@ -24,8 +24,8 @@ test-fast: install
 	$(BIN)/pytest -q -m "not slow"
 
 lint: install
-	$(BIN)/ruff check ematix_flow tests bench
-	$(BIN)/ruff format --check ematix_flow tests bench
+	$(BIN)/ruff check ematix_flow tests bench examples
+	$(BIN)/ruff format --check ematix_flow tests bench examples
 	$(BIN)/mypy
 
 # TPC-H SF 1 on the mesh, DataFusion, DuckDB and PySpark (skipped with a note if it cannot install or start)

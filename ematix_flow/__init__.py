@@ -17,6 +17,7 @@ from ematix_flow.errors import (
     AccessDeniedError,
     ConfigError,
     FlowError,
+    LoadError,
     PeerMismatchError,
     PeerUnreachableError,
     PlanningError,
@@ -26,22 +27,30 @@ from ematix_flow.errors import (
     TaskFailedError,
     TLSError,
 )
+from ematix_flow.pipelines.api import pipeline
+from ematix_flow.pipelines.config import Pipeline, Source, Target, Transform
 from ematix_flow.transport.tls import TLSConfig
 
 __all__ = [
     "AccessDeniedError",
     "ConfigError",
     "FlowError",
+    "LoadError",
     "Mesh",
     "PeerMismatchError",
     "PeerUnreachableError",
+    "Pipeline",
     "PlanningError",
     "ProtocolError",
     "QueryError",
     "QueryTimeoutError",
     "RunReport",
+    "Source",
     "TLSConfig",
     "TLSError",
+    "Target",
     "TaskFailedError",
+    "Transform",
     "__version__",
+    "pipeline",
 ]

@@ -16,6 +16,10 @@ class ConfigError(FlowError):
     """A setting, flag or input file is wrong (fix the invocation)."""
 
 
+class LoadError(FlowError):
+    """A target refused or failed a load; nothing was written."""
+
+
 class TLSError(FlowError):
     """TLS material is missing, unreadable or refused by a peer."""
 

@@ -19,6 +19,8 @@ from ematix_flow import Mesh, tpch
 from ematix_flow.engine.settings import planning_context
 from ematix_flow.transport.tls import init_certs
 
+pytest_plugins = ["pgserver"]  # postgres_dsn / postgres_db: one private PostgreSQL for the session
+
 
 @pytest.fixture(scope="session")
 def tpch_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:

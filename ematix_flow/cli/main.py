@@ -55,7 +55,15 @@ def cli(log_level: str) -> None:
 
 
 def _register() -> None:
-    from ematix_flow.cli import certs_cmd, check_cmd, sql_cmd, tpcds_cmd, tpch_cmd
+    from ematix_flow.cli import (
+        certs_cmd,
+        check_cmd,
+        pipeline_cmd,
+        sql_cmd,
+        tpcds_cmd,
+        tpch_cmd,
+        translate_cmd,
+    )
 
     cli.add_command(certs_cmd.certs)
     cli.add_command(tpch_cmd.tpch)
@@ -63,6 +71,9 @@ def _register() -> None:
     cli.add_command(check_cmd.check)
     cli.add_command(sql_cmd.sql)
     cli.add_command(sql_cmd.explain)
+    cli.add_command(pipeline_cmd.run)
+    cli.add_command(pipeline_cmd.validate)
+    cli.add_command(translate_cmd.translate)
 
 
 _register()

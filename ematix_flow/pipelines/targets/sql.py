@@ -1,0 +1,471 @@
+"""The load strategies of SQL targets (DuckDB, SQLite, PostgreSQL), written once.
+
+A load opens one connection and runs one transaction: create the history table and the target
+table when missing (or check the target's columns), stage the rows in a temporary table (or, for
+DuckDB, the Arrow table itself), apply the mode with set-based SQL, insert the ``run_history`` row,
+commit. Any error rolls everything back and is raised as one line.
+
+A dialect supplies a :class:`Session` (its connection, the way it stages rows and lists a table's
+columns) and its type names; the SQL of each mode and the history live here, the checks of the
+result and the scd2 row hash in :mod:`~ematix_flow.pipelines.targets.rows`: the same for every
+database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar, TypeVar, get_args
+
+import pyarrow as pa
+
+from ematix_flow.errors import ConfigError, FlowError, LoadError
+from ematix_flow.pipelines.targets.base import (
+    HISTORY_SCHEMA,
+    HISTORY_TABLE,
+    SCD2_COLUMNS,
+    LoadMode,
+    RunRecord,
+    Watermark,
+)
+from ematix_flow.pipelines.targets.rows import (
+    check_keys,
+    column_types,
+    one_line,
+    prepare,
+    row_hashes,
+)
+
+_log = logging.getLogger(__name__)
+
+#: The temporary table (DuckDB: the registered Arrow table) holding a load's rows.
+STAGE = "_ematix_flow_stage"
+KEYED_MODES = ("merge", "scd2")
+#: The history columns, with a portable type: "text", "bigint" or "timestamptz".
+HISTORY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_id", "text"),
+    ("pipeline", "text"),
+    ("target_table", "text"),
+    ("mode", "text"),
+    ("started", "timestamptz"),
+    ("ended", "timestamptz"),
+    ("rows_read", "bigint"),
+    ("rows_written", "bigint"),
+    ("status", "text"),
+    ("error", "text"),
+    ("watermark_column", "text"),
+    ("watermark", "text"),
+    ("watermark_type", "text"),
+    ("extra", "text"),
+)
+_T = TypeVar("_T")
+
+
+def quote(name: str) -> str:
+    """``name`` as a quoted SQL identifier (``a "b`` -> ``"a ""b"``), the same in all three databases."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class TableName:
+    """A table, in a schema or in the connection's default schema (``schema`` None)."""
+
+    schema: str | None
+    name: str
+
+    @classmethod
+    def parse(cls, text: str, *, kind: str, schemas: bool = True) -> TableName:
+        """``"table"`` or ``"schema.table"`` (identifiers cannot contain a dot); ConfigError otherwise."""
+        parts = text.split(".")
+        if len(parts) > 2 or not all(parts):
+            raise ConfigError(f'{kind} target table {text!r}: use "table" or "schema.table"')
+        if len(parts) == 2 and not schemas:
+            raise ConfigError(
+                f"{kind} target table {text!r}: {kind} has no schemas, use a bare table name "
+                f'(e.g. table = "{parts[0]}_{parts[1]}")'
+            )
+        return cls(parts[0], parts[1]) if len(parts) == 2 else cls(None, parts[0])
+
+    def sql(self) -> str:
+        """The quoted, qualified name for SQL text."""
+        return f"{quote(self.schema)}.{quote(self.name)}" if self.schema else quote(self.name)
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}" if self.schema else self.name
+
+
+def utc_text(moment: datetime) -> str:
+    """A moment as fixed-width UTC text, ``2024-05-01 12:00:00.000000+00:00`` (sorts as it orders)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
+
+
+# ------------------------------------------------------------------------------ sessions
+class Session(ABC):
+    """One open connection to a SQL database: the few operations a load needs."""
+
+    #: The placeholder of a query parameter: ``?`` (DuckDB, SQLite) or ``%s`` (psycopg).
+    param: ClassVar[str] = "?"
+
+    @abstractmethod
+    def begin(self) -> None:
+        """Start the transaction."""
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Commit the transaction."""
+
+    @abstractmethod
+    def rollback(self) -> None:
+        """Roll the transaction back."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection (an open transaction is rolled back)."""
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[object] | None = None) -> None:
+        """Run one statement (parameters only with fixed SQL text: never with user identifiers)."""
+
+    @abstractmethod
+    def count(self, sql: str) -> int:
+        """Run one INSERT, UPDATE or DELETE; return the number of rows it changed."""
+
+    @abstractmethod
+    def fetch(self, sql: str, params: Sequence[object] | None = None) -> list[tuple[Any, ...]]:
+        """Run one query; return its rows."""
+
+    @abstractmethod
+    def columns(self, table: TableName) -> list[str]:
+        """The column names of ``table`` in order; empty when it does not exist."""
+
+    @abstractmethod
+    def stage(self, data: pa.Table, types: Sequence[str]) -> None:
+        """Make ``data`` readable as the table :data:`STAGE` (of SQL ``types``) in this transaction."""
+
+
+# ------------------------------------------------------------------------------ the target
+class SQLTarget(ABC):
+    """What DuckDB, SQLite and PostgreSQL targets share: checks, the SQL of every mode, history.
+
+    Subclasses name their ``kind``, their ``type_names`` (the categories of :func:`category`, plus
+    "text", "bigint", "boolean" and "timestamptz" for the history and scd2 columns), and open a
+    :class:`Session`.
+    """
+
+    kind: ClassVar[str]
+    type_names: ClassVar[Mapping[str, str]]
+    #: Where run history lives (SQLite overrides: it has no schemas).
+    history: ClassVar[TableName] = TableName(HISTORY_SCHEMA, HISTORY_TABLE)
+
+    def __init__(self, table: str, *, schemas: bool = True) -> None:
+        self.table = TableName.parse(table, kind=self.kind, schemas=schemas)
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line naming the database and the table."""
+
+    @abstractmethod
+    def _open(self, *, create: bool) -> Session | None:
+        """A new session; None when ``create`` is False and the database does not exist."""
+
+    def _lock(self, session: Session) -> None:
+        """Keep other writers off the table until commit (truncate, merge, scd2 read what they change).
+
+        DuckDB allows one writing process and SQLite's BEGIN IMMEDIATE one writer: nothing to do.
+        """
+        return None
+
+    def _timestamp_literal(self, moment: datetime) -> str:
+        """A SQL literal of a moment, typed as the ``timestamptz`` type."""
+        return f"TIMESTAMPTZ '{utc_text(moment)}'"
+
+    def _distinct(self, left: str, right: str) -> str:
+        """A condition true when two values differ, NULL counting as a value."""
+        return f"{left} IS DISTINCT FROM {right}"
+
+    # -------------------------------------------------------------------------- Target
+    def check(self, mode: LoadMode, keys: list[str]) -> None:
+        """Raise ConfigError when ``mode`` is unknown, or merge/scd2 come without keys."""
+        where = self.describe()
+        if mode not in get_args(LoadMode):
+            modes = ", ".join(get_args(LoadMode))
+            raise ConfigError(f"{where}: mode {mode!r} is not one of {modes}")
+        if mode in KEYED_MODES and not keys:
+            raise ConfigError(
+                f"{where}: mode {mode!r} needs keys = [...] (the columns that identify a row, "
+                'e.g. keys = ["id"])'
+            )
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise ConfigError(f"{where}: keys name {', '.join(repeated)} twice: list each key once")
+
+    def last_watermark(self, pipeline: str, column: str) -> Watermark | None:
+        """The watermark of the newest successful run of ``pipeline`` into this table on ``column``.
+
+        None when there is none, or no history table (or database file) yet: nothing is created.
+        Runs that recorded no watermark are skipped.
+        """
+        session: Session | None = None
+        try:
+            session = self._open(create=False)
+            if session is None or not session.columns(self.history):
+                return None
+            p = session.param
+            rows = session.fetch(
+                f"SELECT watermark, watermark_type FROM {self.history.sql()} WHERE pipeline = {p} "
+                f"AND target_table = {p} AND watermark_column = {p} AND status = 'success' "
+                "AND watermark IS NOT NULL ORDER BY started DESC, ended DESC LIMIT 1",
+                [pipeline, str(self.table), column],
+            )
+        except Exception as exc:
+            raise LoadError(
+                f"{self.describe()}: cannot read run history: {one_line(exc)} (check the database)"
+            ) from exc
+        finally:
+            if session is not None:
+                _close_quietly(session)
+        if not rows:
+            return None
+        value, arrow_type = rows[0]
+        return Watermark(column=column, value=str(value), arrow_type=str(arrow_type or "string"))
+
+    def load(self, data: pa.Table, mode: LoadMode, keys: list[str], run: RunRecord) -> RunRecord:
+        """Write ``data`` with ``mode`` and record ``run`` in one transaction (see module docstring).
+
+        ``run.extra`` gets ``inserted`` (append, truncate), ``deleted`` (truncate), ``inserted``,
+        ``updated`` and ``unchanged`` (merge: rows whose values already matched are not rewritten),
+        or ``inserted``, ``closed`` and ``unchanged`` (scd2: ``inserted`` counts the first versions
+        of new keys and the new versions of changed keys, ``closed`` the versions they replace).
+        Keys absent from ``data`` are left as they are in merge and scd2 (no deletes). Truncate
+        deletes every row and inserts the new ones in the same transaction: readers see the old
+        rows until the commit and the new ones after, never an empty table.
+        ``run.target_table`` is set to this target's table, which also scopes :meth:`last_watermark`.
+        """
+        self.check(mode, keys)
+        where = self.describe()
+        rows = prepare(data, where)
+        if mode in KEYED_MODES:
+            check_keys(rows, mode, keys, where)
+        types = column_types(rows.schema, self.type_names, where)
+        staged, staged_types = rows, types
+        if mode == "scd2":
+            staged = rows.append_column("row_hash", row_hashes(rows, keys))
+            staged_types = [*types, self.type_names["text"]]
+
+        def write(session: Session) -> RunRecord:
+            self._ensure_history(session)
+            self._ensure_table(session, rows.column_names, types, mode)
+            session.stage(staged, staged_types)
+            counts = self._apply(session, mode, keys, rows, run.started)
+            done = dataclasses.replace(
+                run,
+                target_table=str(self.table),
+                ended=datetime.now(UTC),
+                rows_written=counts["inserted"] + counts.get("updated", 0) + counts.get("closed", 0),
+                status="success",
+                error=None,
+                extra=counts,
+            )
+            self._insert_history(session, done)
+            return done
+
+        done = self._transaction(write, f"{mode} load")
+        for f in dataclasses.fields(run):
+            setattr(run, f.name, getattr(done, f.name))
+        return run
+
+    def record_failure(self, run: RunRecord) -> None:
+        """Append ``run`` as failed to the history, in its own transaction; log, never raise, on error."""
+        failed = dataclasses.replace(
+            run,
+            target_table=str(self.table),
+            status="failed",
+            ended=run.ended or datetime.now(UTC),
+            error=run.error or "failed (no message recorded)",
+        )
+
+        def write(session: Session) -> None:
+            self._ensure_history(session)
+            self._insert_history(session, failed)
+
+        try:
+            self._transaction(write, "recording a failed run")
+        except Exception as exc:  # best effort: the run's own error is what the user must see
+            _log.warning("%s: could not record failed run %s: %s", self.describe(), run.run_id, one_line(exc))
+
+    # -------------------------------------------------------------------------- steps
+    def _transaction(self, work: Callable[[Session], _T], what: str) -> _T:
+        """Run ``work`` in one transaction of a new session; roll back and raise a FlowError on error."""
+        session: Session | None = None
+        try:
+            session = self._open(create=True)
+            assert session is not None  # create=True always opens
+            session.begin()
+            result = work(session)
+            session.commit()
+            return result
+        except FlowError:
+            _rollback_quietly(session)
+            raise
+        except Exception as exc:
+            _rollback_quietly(session)
+            raise LoadError(
+                f"{self.describe()}: {what} failed: {one_line(exc)}; nothing was written "
+                "(fix the result or the table and run again)"
+            ) from exc
+        finally:
+            if session is not None:
+                _close_quietly(session)
+
+    def _ensure_history(self, session: Session) -> None:
+        """Create the history table (and schema) when missing; an existing one needs no privileges."""
+        if session.columns(self.history):
+            return
+        if self.history.schema:
+            _ensure_schema(session, self.history.schema)
+        columns = [f"{quote(name)} {self.type_names[kind]}" for name, kind in HISTORY_COLUMNS]
+        columns[0] += " PRIMARY KEY"
+        session.execute(f"CREATE TABLE IF NOT EXISTS {self.history.sql()} ({', '.join(columns)})")
+
+    def _ensure_table(self, session: Session, names: list[str], types: list[str], mode: LoadMode) -> None:
+        """Create the target table from the result's columns, or check an existing one has exactly them."""
+        wanted = [*names, *SCD2_COLUMNS] if mode == "scd2" else list(names)
+        existing = session.columns(self.table)
+        if existing:
+            lacking = [name for name in wanted if name not in existing]
+            unknown = [name for name in existing if name not in wanted]
+            if lacking or unknown:
+                raise ConfigError(
+                    f"{self.describe()}: the table's columns do not match the result: "
+                    f"the table lacks [{', '.join(lacking)}] and has extra [{', '.join(unknown)}]: "
+                    "make the SQL produce the table's columns, or load into a new table"
+                )
+            if mode != "append":
+                self._lock(session)
+            return
+        if self.table.schema:
+            _ensure_schema(session, self.table.schema)
+        columns = [f"{quote(name)} {sql_type}" for name, sql_type in zip(names, types, strict=True)]
+        if mode == "scd2":
+            t = self.type_names
+            columns += [
+                f"{quote('valid_from')} {t['timestamptz']} NOT NULL",
+                f"{quote('valid_to')} {t['timestamptz']}",
+                f"{quote('is_current')} {t['boolean']} NOT NULL",
+                f"{quote('row_hash')} {t['text']} NOT NULL",
+            ]
+        session.execute(f"CREATE TABLE {self.table.sql()} ({', '.join(columns)})")
+
+    def _apply(
+        self, session: Session, mode: LoadMode, keys: list[str], data: pa.Table, started: datetime
+    ) -> dict[str, int]:
+        """Run ``mode``'s SQL from the stage into the table; return its counts."""
+        if mode == "merge":
+            return self._merge(session, keys, data.column_names, data.num_rows)
+        if mode == "scd2":
+            return self._scd2(session, keys, data.column_names, data.num_rows, started)
+        table, columns = self.table.sql(), _column_list(data.column_names)
+        counts = {"deleted": session.count(f"DELETE FROM {table}")} if mode == "truncate" else {}
+        insert = f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {quote(STAGE)}"
+        counts["inserted"] = session.count(insert)
+        return counts
+
+    def _merge(self, session: Session, keys: list[str], names: list[str], total: int) -> dict[str, int]:
+        """Update the rows whose keys match and whose values differ; insert the rows of new keys."""
+        table, stage, match = self.table.sql(), quote(STAGE), _key_match(keys)
+        updated = 0
+        others = [name for name in names if name not in keys]
+        if others:
+            sets = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in others)
+            changed = " OR ".join(self._distinct(f"t.{quote(c)}", f"s.{quote(c)}") for c in others)
+            updated = session.count(
+                f"UPDATE {table} AS t SET {sets} FROM {stage} AS s WHERE {match} AND ({changed})"
+            )
+        inserted = session.count(
+            f"INSERT INTO {table} ({_column_list(names)}) SELECT {_column_list(names, 's')} "
+            f"FROM {stage} AS s WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {match})"
+        )
+        return {"inserted": inserted, "updated": updated, "unchanged": total - inserted - updated}
+
+    def _scd2(
+        self, session: Session, keys: list[str], names: list[str], total: int, started: datetime
+    ) -> dict[str, int]:
+        """Close the current versions whose row hash changed; insert versions for keys with none current."""
+        table, stage, match = self.table.sql(), quote(STAGE), _key_match(keys)
+        now = self._timestamp_literal(started)
+        valid_to, is_current, row_hash = quote("valid_to"), quote("is_current"), quote("row_hash")
+        closed = session.count(
+            f"UPDATE {table} AS t SET {valid_to} = {now}, {is_current} = FALSE FROM {stage} AS s "
+            f"WHERE t.{is_current} AND {match} AND t.{row_hash} <> s.{row_hash}"
+        )
+        no_version = f"CAST(NULL AS {self.type_names['timestamptz']})"
+        inserted = session.count(
+            f"INSERT INTO {table} ({_column_list([*names, *SCD2_COLUMNS])}) "
+            f"SELECT {_column_list(names, 's')}, {now}, {no_version}, TRUE, s.{row_hash} FROM {stage} AS s "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE t.{is_current} AND {match})"
+        )
+        return {"inserted": inserted, "closed": closed, "unchanged": total - inserted}
+
+    def _insert_history(self, session: Session, run: RunRecord) -> None:
+        values: list[object] = [
+            run.run_id,
+            run.pipeline,
+            run.target_table,
+            run.mode,
+            run.started,
+            run.ended,
+            run.rows_read,
+            run.rows_written,
+            run.status,
+            run.error,
+            run.watermark_column,
+            run.watermark,
+            run.watermark_type,
+            json.dumps(run.extra, sort_keys=True),
+        ]
+        names = ", ".join(quote(name) for name, _ in HISTORY_COLUMNS)
+        params = ", ".join([session.param] * len(values))
+        session.execute(f"INSERT INTO {self.history.sql()} ({names}) VALUES ({params})", values)
+
+
+def _ensure_schema(session: Session, schema: str) -> None:
+    """Create ``schema`` unless it exists (an existing one needs no CREATE privilege)."""
+    found = session.fetch(
+        "SELECT 1 FROM information_schema.schemata WHERE catalog_name = current_database() "
+        f"AND schema_name = {session.param}",
+        [schema],
+    )
+    if not found:
+        session.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+
+
+def _rollback_quietly(session: Session | None) -> None:
+    if session is None:
+        return
+    try:
+        session.rollback()
+    except Exception as exc:  # the error that made us roll back is the one to raise
+        _log.debug("rollback failed: %s", one_line(exc))
+
+
+def _close_quietly(session: Session) -> None:
+    try:
+        session.close()
+    except Exception as exc:  # closing discards an uncommitted transaction either way
+        _log.debug("close failed: %s", one_line(exc))
+
+
+def _column_list(names: Sequence[str], alias: str = "") -> str:
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(prefix + quote(name) for name in names)
+
+
+def _key_match(keys: Sequence[str]) -> str:
+    return " AND ".join(f"t.{quote(key)} = s.{quote(key)}" for key in keys)
