@@ -321,7 +321,7 @@ def test_a_failed_run_leaves_target_and_watermark_as_they_were(tmp_path: Path) -
     write_version(tmp_path, 1)
     good = declare(tmp_path, "duckdb", "merge", {}, watermark=True)
     runner.run(good)
-    before = read_target("duckdb", tmp_path / "warehouse.duckdb", "dw.people")
+    before = read_target("duckdb", tmp_path / "warehouse.duckdb", good.target.table or "")
 
     # the SQL fails while it runs
     bad_sql = declare(tmp_path, "duckdb", "merge", {}, watermark=True)
@@ -338,7 +338,7 @@ def test_a_failed_run_leaves_target_and_watermark_as_they_were(tmp_path: Path) -
     with pytest.raises(LoadError):
         runner.run(dup)
 
-    after = read_target("duckdb", tmp_path / "warehouse.duckdb", "dw.people")
+    after = read_target("duckdb", tmp_path / "warehouse.duckdb", good.target.table or "")
     assert rows(after) == rows(before)
     runs = sorted(history("duckdb", tmp_path / "warehouse.duckdb"), key=lambda r: r["started"])
     assert [r["status"] for r in runs] == ["success", "failed", "failed"]
