@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -17,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.flight as flight
 import pytest
 
 from ematix_flow import Mesh
 from ematix_flow.coordinator_lib.local import LocalWorker, spawn_worker
+from ematix_flow.transport.tls import TLSConfig, flight_client_kwargs
 
 HOSTS = ["127.0.0.1", "localhost"]
 TASK_TIMEOUT = 120.0  # seconds: every Flight call a test mesh makes is bounded
@@ -176,3 +180,61 @@ def spawned_workers_with(
     finally:
         for w in workers:
             w.stop()
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` TCP ports free on 127.0.0.1 right now (for workers that must know each other's address)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@contextmanager
+def peer_mesh(
+    count: int, tls_dir: Path, work_dir: Path, extra: Callable[[int], list[str]]
+) -> Iterator[list[LocalWorker]]:
+    """``count`` workers started together, each listing the others in ``--peers`` (``extra(i)``: more flags).
+
+    Each one can then drive a query across the whole mesh (Flight SQL, ``flow sql --via``).
+    """
+    addresses = [f"127.0.0.1:{p}" for p in free_ports(count)]
+
+    def start(i: int) -> LocalWorker:
+        others = ",".join(a for a in addresses if a != addresses[i])
+        port = int(addresses[i].rsplit(":", 1)[1])
+        return spawn_worker(tls_dir, work_dir, port=port, extra=["--peers", others, *extra(i)])
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        futures = [pool.submit(start, i) for i in range(count)]
+    workers = [f.result() for f in futures if f.exception() is None]
+    try:
+        for f in futures:
+            f.result()  # the first start failure, if any
+        yield workers
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def worker_action(address: str, certs: Path, kind: str, name: str = "alice") -> bytes:
+    """The answer of a worker's own action (``hello``, ``status``), asked with certificate ``name``."""
+
+    tls = TLSConfig.from_dir(certs, name)
+    with flight.FlightClient(f"grpc+tls://{address}", **flight_client_kwargs(tls)) as client:
+        results = client.do_action(flight.Action(kind, b""), flight.FlightCallOptions(timeout=10))
+        return bytes(next(iter(results)).body.to_pybytes())
+
+
+def ran_tasks(addresses: list[str], certs: Path, sql: str) -> set[str]:
+    """The workers that ran tasks of the query with this SQL text (from their ``status`` action)."""
+    ran = set()
+    for address in addresses:
+        queries = json.loads(worker_action(address, certs, "status"))["queries"]
+        if any(q["sql"] == sql for q in queries):
+            ran.add(address)
+    return ran

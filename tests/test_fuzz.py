@@ -26,6 +26,7 @@ from support import TASK_TIMEOUT
 
 from ematix_flow import Mesh, TLSConfig
 from ematix_flow.coordinator_lib.local import LocalWorker, spawn_worker
+from ematix_flow.flightsql.protocol import SPEC_COMMANDS, pack
 from ematix_flow.transport.messages import OutputRef, TaskSpec
 from ematix_flow.transport.tls import flight_client_kwargs
 
@@ -34,7 +35,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 CALL = flight.FlightCallOptions(timeout=20)
 #: How every refusal starts: the worker classified the problem (see transport/flight.remote_error).
 KINDS = ("ProtocolError: ", "PlanningError: ", "TaskFailedError: ", "QueryError: ", "AccessDeniedError: ")
-#: Per fuzz test below (five of them): about 5,000 requests in all. The inputs are the same on every run
+#: Per fuzz test below (six of them): about 6,000 requests in all. The inputs are the same on every run
 #: (a red CI means a regression, not a new random draw); FLOW_FUZZ_RANDOM=1 FLOW_FUZZ_EXAMPLES=20000
 #: explores further.
 EXAMPLES = int(os.environ.get("FLOW_FUZZ_EXAMPLES", "1000"))
@@ -187,6 +188,37 @@ def test_truncated_or_corrupted_plan_bytes(
 )
 def test_malformed_and_unknown_tickets(client: flight.FlightClient, ticket: bytes) -> None:
     _get(client, ticket)
+
+
+SQL_NAMES = st.sampled_from(sorted(SPEC_COMMANDS)) | st.text(string.ascii_letters, min_size=1, max_size=24)
+
+
+@FUZZ
+@given(
+    name=SQL_NAMES,
+    payload=st.binary(max_size=512),
+    wrap=st.booleans(),
+    rpc=st.sampled_from(["GetFlightInfo", "GetSchema", "DoGet", "CreatePreparedStatement"]),
+)
+def test_flight_sql_messages_with_random_payloads(
+    client: flight.FlightClient, name: str, payload: bytes, wrap: bool, rpc: str
+) -> None:
+    """Flight SQL commands, tickets and actions of every kind, with random (or no) Any wrapping."""
+    data = pack(name, payload) if wrap else payload
+    descriptor = flight.FlightDescriptor.for_command(data)
+    calls = {
+        "GetFlightInfo": lambda: client.get_flight_info(descriptor, CALL),
+        "GetSchema": lambda: client.get_schema(descriptor, CALL),
+        "DoGet": lambda: client.do_get(flight.Ticket(data), CALL).read_all(),
+        "CreatePreparedStatement": lambda: list(client.do_action(flight.Action(rpc, data), CALL)),
+    }
+    try:
+        _assert_answered_or_refused(calls[rpc])
+    except pa.ArrowNotImplementedError as exc:  # gRPC UNIMPLEMENTED: a command or option not served, named
+        assert str(exc).startswith("Flight SQL "), str(exc)[:300]
+    except pa.ArrowException as exc:  # pyarrow's get_schema passes Flight errors on as unknown errors
+        text = str(exc)
+        assert rpc == "GetSchema" and any(text.startswith(f"Unknown error: {k}") for k in KINDS), text[:300]
 
 
 def test_oversized_messages_are_refused(client: flight.FlightClient, valid_spec: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ematix_flow.cli.progress import TerminalProgress
-from ematix_flow.cli.tables import register_all
+from ematix_flow.cli.tables import kind_from_suffix, parse_table_option, register_all
 from ematix_flow.coordinator_lib.mesh import Mesh
 from ematix_flow.errors import ConfigError
 from ematix_flow.transport.tls import TLSConfig
@@ -37,6 +37,11 @@ def mesh_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--insecure", is_flag=True, help="Talk plaintext to peers started with --insecure."),
         click.option(
             "--local", "local", type=int, help="Start N local peers for this command instead of --peers."
+        ),
+        click.option(
+            "--via",
+            metavar="HOST:PORT",
+            help="Send the SQL to this peer, which plans it with its tables and drives it (Flight SQL).",
         ),
         click.option(
             "--table", "tables", multiple=True, metavar="NAME=PATH", help="Register a table (repeatable)."
@@ -65,22 +70,49 @@ def _query_text(query: str | None, sql_file: TextIO | None) -> str:
 
 
 def open_mesh(
-    peers: str | None, tls_dir: str | None, tls_name: str, insecure: bool, local: int | None, **kw: Any
+    peers: str | None,
+    tls_dir: str | None,
+    tls_name: str,
+    insecure: bool,
+    local: int | None,
+    via: str | None = None,
+    **kw: Any,
 ) -> Mesh:
     """The Mesh the flags name."""
     kw = {k: v for k, v in kw.items() if v is not None}
-    if local is not None and peers:
-        raise ConfigError("use either --local N or --peers, not both")
+    if local is not None and (peers or via):
+        raise ConfigError(f"use either --local N or {'--via' if via else '--peers'}, not both")
     if local is not None:
         return Mesh.local(workers=local, insecure=insecure, **kw)
-    if not peers:
-        raise ConfigError("no mesh given: pass --peers HOST:PORT,... with --tls-dir DIR, or --local N")
+    if not peers and not via:
+        raise ConfigError(
+            "no mesh given: pass --peers HOST:PORT,... or --via HOST:PORT with --tls-dir DIR, or --local N"
+        )
+    if via and kw:
+        raise ConfigError(f"--{', --'.join(kw)} is the planning peer's choice with --via: leave it out")
     tls = None
     if not insecure:
         if not tls_dir:
-            raise ConfigError("--peers needs --tls-dir DIR (mutual TLS), or --insecure for plaintext peers")
+            flag = "--via" if via else "--peers"
+            raise ConfigError(f"{flag} needs --tls-dir DIR (mutual TLS), or --insecure for plaintext peers")
         tls = TLSConfig.from_dir(tls_dir, tls_name)
-    return Mesh([p for p in peers.split(",") if p.strip()], tls, insecure=insecure, **kw)
+    return Mesh([p for p in (peers or "").split(",") if p.strip()], tls, insecure=insecure, via=via, **kw)
+
+
+def register_tables(mesh: Mesh, tables: tuple[str, ...], tables_dir: str | None) -> None:
+    """Register ``--table`` / ``--tables-dir`` on the mesh (with ``--via``: in its session on the peer)."""
+    if mesh.via is None:
+        register_all(mesh, tables, tables_dir)
+        return
+    if tables_dir:
+        raise ConfigError(
+            f"--tables-dir lists a folder here, but with --via {mesh.via} the peer reads the data: start the "
+            "peers with --tables-dir, or name each table with --table NAME=/absolute/path/on/the/peer"
+        )
+    for value in tables:
+        name, path = parse_table_option(value)
+        readers = {"parquet": mesh.register_parquet, "csv": mesh.register_csv, "json": mesh.register_json}
+        readers[kind_from_suffix(path)](name, path)
 
 
 @click.command()
@@ -111,6 +143,7 @@ def sql(
     tables: tuple[str, ...],
     tables_dir: str | None,
     partitions: int | None,
+    via: str | None,
     sql_file: TextIO | None,
     query: str | None,
     fmt: str,
@@ -128,13 +161,14 @@ def sql(
     Examples:
       flow sql --local 3 --table lineitem=data/tpch-sf0.1/lineitem.parquet "SELECT count(*) FROM lineitem"
       flow sql --peers 10.0.0.5:50051,10.0.0.6:50051 --tls-dir certs --tables-dir data -f q.sql --format csv
+      flow sql --via 10.0.0.5:50051 --tls-dir certs --tls-name alice "SELECT count(*) FROM lineitem"
     """  # noqa: D301
     text = _query_text(query, sql_file)
     if fmt == "parquet" and not output:
         raise ConfigError("--format parquet needs --output FILE")
     t0 = time.perf_counter()
-    with open_mesh(peers, tls_dir, tls_name, insecure, local, partitions=partitions) as mesh:
-        register_all(mesh, tables, tables_dir)
+    with open_mesh(peers, tls_dir, tls_name, insecure, local, via, partitions=partitions) as mesh:
+        register_tables(mesh, tables, tables_dir)
         with TerminalProgress(not quiet) as progress:
             batches: Iterator[pa.RecordBatch] = mesh.sql_batches(
                 text, timeout=timeout, progress=progress.hook
@@ -148,6 +182,7 @@ def sql(
             run = mesh.last_run
             n = len(run.peers_used) if run else 0
             where = f"on {n} peer{'' if n == 1 else 's'}" if run and run.distributed else "on the submitter"
+            where = f"planned and driven by {mesh.via}" if mesh.via else where
             click.echo(f"{rows} rows in {time.perf_counter() - t0:.2f}s ({where})", err=True)
 
 
@@ -286,6 +321,7 @@ def explain(
     tables: tuple[str, ...],
     tables_dir: str | None,
     partitions: int | None,
+    via: str | None,
     sql_file: TextIO | None,
     query: str | None,
     analyze: bool,
@@ -310,6 +346,11 @@ def explain(
         raise ConfigError("--format json needs --analyze (it describes a run)")
     if timeout is not None and not analyze:
         raise ConfigError("--timeout needs --analyze (plain explain runs nothing)")
+    if via:
+        raise ConfigError(
+            f"flow explain plans here, but with --via {via} the peer plans: use --peers and the data paths, "
+            "or send EXPLAIN as SQL with flow sql --via"
+        )
     with open_mesh(peers, tls_dir, tls_name, insecure, local, partitions=partitions) as mesh:
         register_all(mesh, tables, tables_dir)
         if not analyze:

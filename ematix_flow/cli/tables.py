@@ -36,6 +36,11 @@ def kind_of(path: Path) -> str:
     return kind
 
 
+def kind_from_suffix(path: Path) -> str:
+    """The format of a path that may not exist here (``--via``): its extension's, else Parquet (a folder)."""
+    return _KINDS.get(path.suffix.lower(), "parquet")
+
+
 def register(target: Registrar, name: str, path: Path) -> None:
     """Register ``path`` as table ``name`` with the reader its format needs."""
     if not path.exists():

@@ -19,11 +19,12 @@ import pyarrow as pa
 from datafusion import AggregateUDF, ScalarUDF
 
 from ematix_flow.coordinator_lib.local import LocalWorker, spawn_worker
-from ematix_flow.coordinator_lib.planning import PlannedQuery, plan_query
+from ematix_flow.coordinator_lib.planning import PlannedQuery, dataframe, plan_query
 from ematix_flow.coordinator_lib.progress import ROOT_PROGRESS_SECONDS, ProgressHook, QueryProgress
 from ematix_flow.coordinator_lib.report import RunReport, StageReport, render_graph
 from ematix_flow.coordinator_lib.schemas import explain_schemas
 from ematix_flow.coordinator_lib.state import Assignment, QueryState
+from ematix_flow.coordinator_lib.via import ViaClient
 from ematix_flow.engine.digest import hash_digest
 from ematix_flow.engine.exchange import schema_bytes, unique_names
 from ematix_flow.engine.run import decode, stream_partitions
@@ -129,19 +130,44 @@ class Mesh:
         connect_timeout: float = 5.0,
         task_timeout: float | None = None,
         settings: dict[str, str] | None = None,
+        via: str | None = None,
+        memory_limit: int | None = None,
     ) -> None:
         """Connect to ``peers`` ("host:port") over mutual TLS (``insecure=True``: plaintext).
 
         ``settings`` are DataFusion settings for the planning context (they override ours).
+        ``memory_limit`` (bytes) caps DataFusion's memory for what runs in this process (the root stage),
+        spilling to its scratch dir where it can.
         A query that scans fewer than ``local_below_bytes`` runs in-process on the submitter (the
         adaptive gate; 0 turns it off): shipping it would cost more than running it.
+
+        ``via="HOST:PORT"`` submits through that peer instead (Arrow Flight SQL): it plans each query with
+        its own view of the data and drives it on its mesh; this process plans nothing and needs no access
+        to the data. ``peers`` may then be empty; ``sql``, ``sql_batches``, ``schema``, ``tables`` and the
+        ``register_*`` methods (as ``CREATE EXTERNAL TABLE`` in this Mesh's session on the peer) work; the
+        peer drives the stages, so no progress snapshots arrive and ``last_run`` holds no stages.
         """
+        self.via = via.strip() if via else None
         self.peers = [p.strip() for p in peers if p.strip()]
-        if not self.peers:
+        if not self.peers and self.via is None:
             raise ConfigError("no peers given: pass at least one HOST:PORT (or use Mesh.local)")
         if tls is None and not insecure:
             raise ConfigError("no TLS material: pass tls=TLSConfig.from_dir('certs') or insecure=True")
         self.tls = tls
+        self.workers: list[LocalWorker] = []
+        self.last_run: RunReport | None = None
+        self._owned_dir: Path | None = None
+        self._closed = False
+        self._down: dict[str, float] = {}  # peer -> when it was last found down
+        self._via: ViaClient | None = None
+        if self.via is not None:
+            if partitions is not None or settings:
+                raise ConfigError(
+                    "partitions and settings are the planning peer's with via=...: leave them out"
+                )
+            self._via = ViaClient(self.via, tls, timeout=query_timeout, connect_timeout=connect_timeout)
+            self.peer_info: dict[str, PeerInfo] = {}
+            return
         self.partitions = partitions or max(4, 2 * len(self.peers))
         self.min_task_bytes = min_task_bytes
         self.local_reads = local_reads
@@ -149,18 +175,17 @@ class Mesh:
         self.max_attempts = max_attempts
         self.query_timeout = query_timeout
         self.task_timeout = task_timeout
-        self.workers: list[LocalWorker] = []
-        self.last_run: RunReport | None = None
-        self._owned_dir: Path | None = None
         self._pool = ClientPool(tls)
         self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="flow-task")
         self._ctx = planning_context(self.partitions, settings)
         self._scratch = Path(tempfile.mkdtemp(prefix="flow-submit-"))
-        self._runner = TaskRunner(execution_context(), self._pool, self._scratch, fetch_timeout=task_timeout)
+        spill = self._scratch / "_spill"
+        if memory_limit:
+            spill.mkdir()
+        ctx = execution_context(memory_limit=memory_limit, spill_dir=str(spill) if memory_limit else None)
+        self._runner = TaskRunner(ctx, self._pool, self._scratch, fetch_timeout=task_timeout)
         self._queries = 0
-        self._closed = False
         self._open: dict[str, set[str]] = {}  # query id -> peers that may hold its files
-        self._down: dict[str, float] = {}  # peer -> when it was last found down
         try:
             self.peer_info = self._hello(connect_timeout)
         except BaseException:
@@ -257,21 +282,44 @@ class Mesh:
 
     def register_parquet(self, name: str, path: str | os.PathLike[str], **options: Any) -> None:
         """Register a Parquet file or a folder of Parquet files as table ``name``."""
+        if self._via is not None:
+            return self._via.register(name, "parquet", path, options)
         self._register(name, lambda: self._ctx.register_parquet(name, self._resolve(name, path), **options))
 
     def register_csv(self, name: str, path: str | os.PathLike[str], **options: Any) -> None:
         """Register a CSV file or folder (options go to DataFusion's ``register_csv``)."""
+        if self._via is not None:
+            return self._via.register(name, "csv", path, options)
         self._register(name, lambda: self._ctx.register_csv(name, self._resolve(name, path), **options))
 
     def register_json(self, name: str, path: str | os.PathLike[str], **options: Any) -> None:
         """Register a newline-delimited JSON file or folder."""
+        if self._via is not None:
+            return self._via.register(name, "json", path, options)
         self._register(name, lambda: self._ctx.register_json(name, self._resolve(name, path), **options))
+
+    def tables(self) -> dict[str, pa.Schema]:
+        """Every registered table and its Arrow schema (``via``: what this session on the peer sees)."""
+        if self._via is not None:
+            return self._via.tables()
+        schema = self._ctx.catalog().schema()
+        return {name: schema.table(name).schema for name in sorted(schema.names())}
+
+    def schema(self, sql: str, *, read_only: bool = False) -> pa.Schema:
+        """The schema of the result of ``sql``, planned without running it.
+
+        ``read_only=True`` refuses DDL, DML and SET statements (QueryError) where planning would run them.
+        """
+        if self._via is not None:
+            return self._via.schema(sql)
+        return dataframe(self._ctx, sql, read_only=read_only).schema()
 
     def register_udf(self, function: ScalarUDF | AggregateUDF) -> None:
         """Register a Python scalar or aggregate UDF: it travels inside plans, pickled.
 
         Workers refuse such plans unless they run with ``--allow-udfs`` (a UDF is code).
         """
+        self._planning_here("register_udf")
         if isinstance(function, AggregateUDF):
             self._ctx.register_udaf(function)
         else:
@@ -305,6 +353,7 @@ class Mesh:
         """
         if analyze:
             return self.analyzed_text(self.analyze(sql, timeout=timeout, progress=progress))
+        self._planning_here("explain")
         planned = plan_query(self._ctx, sql)
         if planned.local_plan is not None:
             return f"{self._local_reason(planned)}\n{planned.local_plan.display_indent()}"
@@ -317,6 +366,7 @@ class Mesh:
         self, sql: str, *, timeout: float | None = None, progress: ProgressHook | None = None
     ) -> RunReport:
         """Run ``sql``, dropping its rows, and return what it did (``RunReport.to_dict()`` for JSON)."""
+        self._planning_here("analyze")
         for _ in self._batches(sql, [], timeout, progress):
             pass
         assert self.last_run is not None
@@ -328,6 +378,14 @@ class Mesh:
             ran = f"Ran in-process in {report.seconds:.3f}s: {report.rows:,} result rows"
             return f"{self.explain(report.sql)}\n{ran}"
         return render_graph(report.graph, len(self.peers), report)
+
+    def _planning_here(self, what: str) -> None:
+        """Refuse what needs this process's own planner when a peer plans (``via``)."""
+        if self._via is not None:
+            raise ConfigError(
+                f"Mesh.{what} needs the planner of this process, but peer {self.via} plans its queries "
+                "(via=...): connect with peers=[...] and the data paths instead, or send EXPLAIN as SQL"
+            )
 
     def _runs_locally(self, planned: PlannedQuery) -> bool:
         return planned.local_plan is not None or planned.scan_bytes < self.local_below_bytes
@@ -373,6 +431,9 @@ class Mesh:
     ) -> Generator[pa.RecordBatch, None, None]:
         if self._closed:
             raise ConfigError("this Mesh is closed: open a new one")
+        if self._via is not None:
+            yield from self._via_batches(self._via, sql, schema_out, timeout)
+            return
         t0 = time.perf_counter()
         timeout = timeout if timeout is not None else self.query_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -436,6 +497,22 @@ class Mesh:
         finally:
             rest.close()
             self._finish(report, state, t0)
+
+    def _via_batches(
+        self, via: ViaClient, sql: str, schema_out: list[pa.Schema], timeout: float | None
+    ) -> Generator[pa.RecordBatch, None, None]:
+        """Run ``sql`` through the peer that plans it; ``last_run`` holds its schema, rows and time."""
+        t0 = time.perf_counter()
+        schema, batches = via.sql(sql, timeout)
+        schema_out.append(schema)
+        report = RunReport("", sql, [], schema=schema, note=f"planned and driven by peer {via.address}")
+        self.last_run = report
+        try:
+            for batch in batches:
+                report.rows += batch.num_rows
+                yield batch
+        finally:
+            report.seconds = time.perf_counter() - t0
 
     def _in_process(
         self, planned: PlannedQuery, t0: float, hook: ProgressHook | None
@@ -603,6 +680,9 @@ class Mesh:
         Queries whose result stream is still open are released first.
         """
         self._closed = True
+        if self._via is not None:
+            self._via.close()
+            return
         for query_id in list(self._open):
             self._release(query_id)
         self._executor.shutdown(wait=False, cancel_futures=True)

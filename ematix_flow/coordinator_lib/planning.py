@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 import pyarrow as pa
-from datafusion import DataFrame, SessionContext
+from datafusion import DataFrame, SessionContext, SQLOptions
 from datafusion.plan import ExecutionPlan
 
 from ematix_flow.errors import QueryError
@@ -64,10 +64,17 @@ def _sql_error(exc: Exception) -> QueryError:
     return QueryError(f"invalid query: {one_line(str(exc)) or type(exc).__name__}")
 
 
-def dataframe(ctx: SessionContext, sql: str) -> DataFrame:
-    """``ctx.sql`` with DataFusion's errors turned into one-line QueryErrors."""
+#: What a read-only planner refuses instead of running (DataFusion runs DDL and SET while planning).
+_READ_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
+
+
+def dataframe(ctx: SessionContext, sql: str, *, read_only: bool = False) -> DataFrame:
+    """``ctx.sql`` with DataFusion's errors turned into one-line QueryErrors.
+
+    ``read_only``: DDL (CREATE, DROP), DML (INSERT, COPY) and statements (SET) are refused, not run.
+    """
     try:
-        return ctx.sql(sql)
+        return ctx.sql_with_options(sql, _READ_ONLY) if read_only else ctx.sql(sql)
     except Exception as exc:
         raise _sql_error(exc) from exc
 

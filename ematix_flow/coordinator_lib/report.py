@@ -265,8 +265,9 @@ class RunReport:
         }
 
     def __str__(self) -> str:
-        where = _peers(len(self.peers_used))
-        lines = [f"query {self.query_id}: {self.rows} rows in {self.seconds:.3f}s on {where}"]
+        head = f"query {self.query_id}:" if self.query_id else "query:"
+        where = f" on {_peers(len(self.peers_used))}" if self.peers_used else ""  # else the note says where
+        lines = [f"{head} {self.rows} rows in {self.seconds:.3f}s{where}"]
         if self.note:
             lines.append(f"  {self.note}")
         if self.retries:

@@ -11,6 +11,7 @@ import pyarrow.flight as flight
 
 from ematix_flow.errors import (
     AccessDeniedError,
+    ConfigError,
     FlowError,
     PeerUnreachableError,
     PlanningError,
@@ -29,6 +30,7 @@ _REMOTE_ERRORS: dict[str, type[FlowError]] = {
     "TaskFailedError": TaskFailedError,
     "PeerUnreachableError": PeerUnreachableError,
     "AccessDeniedError": AccessDeniedError,
+    "ConfigError": ConfigError,  # e.g. a Flight SQL gateway whose catalog or peers are wrong
     "FlowError": FlowError,
 }
 _UNREACHABLE = re.compile(r"peer (\S+) is unreachable")

@@ -95,6 +95,7 @@ class Status(BaseModel):
     http: str = ""
     load: Load
     peers: list[PeerView]
+    tables: list[str] = Field(default_factory=list, description="Its catalog: --table and --tables-dir names")
 
 
 class TaskCounts(BaseModel):

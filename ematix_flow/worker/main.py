@@ -18,10 +18,12 @@ import click
 import psutil
 import pyarrow as pa
 
+from ematix_flow.cli.tables import register_all
 from ematix_flow.engine.digest import hash_digest
 from ematix_flow.errors import ConfigError, FlowError
 from ematix_flow.logs import LogFormat, setup_logging
 from ematix_flow.transport.tls import TLSConfig
+from ematix_flow.worker.catalog import Catalog
 from ematix_flow.worker.limits import WorkerLimits
 from ematix_flow.worker.policy import AccessPolicy
 
@@ -70,6 +72,18 @@ def _split_peers(value: str) -> list[str]:
     type=click.Path(file_okay=False),
     help="Tasks may read and write files only under this directory (repeatable) [anywhere].",
 )
+@click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="A table Flight SQL clients and flow sql --via can query (repeatable); as for flow sql.",
+)
+@click.option(
+    "--tables-dir",
+    type=click.Path(),
+    help="Serve every Parquet/CSV/JSON file or folder in DIR as a table (named after it).",
+)
 @click.option("--allow-udfs", is_flag=True, help="Run plans that carry Python UDFs (code from submitters).")
 @click.option("--insecure", is_flag=True, help="Serve plaintext gRPC without TLS (testing only).")
 @click.option(
@@ -110,6 +124,8 @@ def worker(
     work_dir: str | None,
     allow_peers: tuple[str, ...],
     data_roots: tuple[str, ...],
+    tables: tuple[str, ...],
+    tables_dir: str | None,
     allow_udfs: bool,
     insecure: bool,
     insecure_i_know: bool,
@@ -135,10 +151,13 @@ def worker(
             max_disk=parse_size(max_disk, "--max-disk") if max_disk else None,
         )
         policy = AccessPolicy.create(allow_peers, data_roots, allow_udfs)
+        catalog = Catalog()
+        register_all(catalog, tables, tables_dir)  # the rules of flow sql's --table / --tables-dir
+        catalog.check(policy)
         _check_plaintext(listen, insecure, insecure_i_know, policy)
         if http_listen:
             _check_plaintext(http_listen, insecure, insecure_i_know, policy, "--http")
-        server = _start(listen, peers, tls_dir, tls_name, work_dir, insecure, limits, policy)
+        server = _start(listen, peers, tls_dir, tls_name, work_dir, insecure, limits, policy, catalog)
     except FlowError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -159,6 +178,8 @@ def worker(
     signal.signal(signal.SIGINT, on_signal)
     scheme = "grpc" if insecure else "grpc+tls"
     log.info("access: %s", policy.describe())
+    if catalog.tables:
+        log.info("catalog (Flight SQL, flow sql --via): %s", ", ".join(catalog.names))
     if not data_roots:
         log.warning("no --data-root: tasks may read and write any file this user can (see SECURITY.md)")
     http_text = f" http {http_url}" if http_url else ""
@@ -194,6 +215,7 @@ def _start(
     insecure: bool,
     limits: WorkerLimits,
     policy: AccessPolicy,
+    catalog: Catalog,
 ) -> WorkerServer:
     from ematix_flow.worker.server import WorkerServer
 
@@ -218,7 +240,13 @@ def _start(
         raise ConfigError(f"cannot create a work dir in {base}: {exc}") from exc
     try:
         return WorkerServer(
-            listen, tls=tls, work_dir=root, peers=_split_peers(peers), limits=limits, policy=policy
+            listen,
+            tls=tls,
+            work_dir=root,
+            peers=_split_peers(peers),
+            limits=limits,
+            policy=policy,
+            catalog=catalog,
         )
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)  # a worker that never served leaves nothing behind

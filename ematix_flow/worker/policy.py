@@ -67,6 +67,15 @@ class AccessPolicy:
             for access in file_accesses(plan):
                 self._check_access(access)
 
+    def check_path(self, path: str, what: str) -> None:
+        """Refuse a local path (a catalog table, a CREATE EXTERNAL TABLE location) outside the data roots."""
+        if not self.data_roots:
+            return
+        try:
+            self._check_access(FileAccess(path=path, store="file:///", write=False, node="table"))
+        except AccessDeniedError as exc:
+            raise AccessDeniedError(f"{what}: {exc}") from exc
+
     def _check_access(self, access: FileAccess) -> None:
         verb = "writing" if access.write else "reading"
         roots = ", ".join(self.data_roots)

@@ -7,9 +7,10 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import datafusion
 import pyarrow as pa
@@ -27,10 +28,21 @@ from ematix_flow.errors import (
     ProtocolError,
     TaskFailedError,
 )
+from ematix_flow.flightsql.protocol import SPEC_ACTIONS, is_flight_sql, unpack
 from ematix_flow.logs import task_context
 from ematix_flow.transport.flight import ClientPool, remote_error
 from ematix_flow.transport.messages import MAX_MESSAGE_BYTES, OutputRef, PeerInfo, TaskResult, TaskSpec
 from ematix_flow.transport.tls import TLSConfig, flight_server_kwargs, location
+from ematix_flow.worker.catalog import Catalog
+from ematix_flow.worker.flightsql import ACTIONS as SQL_ACTIONS
+from ematix_flow.worker.flightsql import (
+    MAX_COMMAND_BYTES,
+    FlightSqlService,
+    SessionCookies,
+    label,
+    session_key,
+)
+from ematix_flow.worker.gateway import Gateway
 from ematix_flow.worker.limits import WorkerLimits
 from ematix_flow.worker.policy import AccessPolicy
 from ematix_flow.worker.store import WorkStore, check_query_id
@@ -41,6 +53,7 @@ if TYPE_CHECKING:
     from ematix_flow.worker.http import HttpServer, TLSFiles
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: How long a cancelled query id is remembered (a task of it arriving late is refused meanwhile).
 CANCEL_MEMORY_SECONDS = 600.0
@@ -58,10 +71,18 @@ ACTIONS = {
     "release": "remove every file held for a query id",
     "cancel": "stop the running tasks of a query id and remove its files",
     "status": "this worker's status and the queries it ran tasks for, as JSON",
+    **SQL_ACTIONS,
 }
 #: The largest body each action takes, in bytes: a bigger one is refused before it is parsed.
-MAX_ACTION_BODY = {"hello": 64, "run_task": MAX_MESSAGE_BYTES, "release": 128, "cancel": 128, "status": 64}
-#: The largest ticket ``do_get`` takes (an OutputRef is ~60 bytes).
+MAX_ACTION_BODY = {
+    "hello": 64,
+    "run_task": MAX_MESSAGE_BYTES,
+    "release": 128,
+    "cancel": 128,
+    "status": 64,
+    **dict.fromkeys(SQL_ACTIONS, MAX_COMMAND_BYTES),
+}
+#: The largest ticket ``do_get`` takes (an OutputRef is ~60 bytes, a Flight SQL ticket ~70 to a few hundred).
 MAX_TICKET_BYTES = 1024
 
 
@@ -78,9 +99,10 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         name: str = "",
         limits: WorkerLimits | None = None,
         policy: AccessPolicy | None = None,
+        catalog: Catalog | None = None,
     ) -> None:
         kwargs: dict[str, Any] = flight_server_kwargs(tls) if tls else {}
-        super().__init__(location(listen, tls), **kwargs)
+        super().__init__(location(listen, tls), middleware={"session": SessionCookies()}, **kwargs)
         host = listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
         self.tls = tls
@@ -113,6 +135,15 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         self.metrics.tasks_running.set_function(lambda: self._active)
         self.metrics.tasks_queued.set_function(lambda: self._queued)
         self.metrics.peers_up.set_function(self.peer_book.up)
+        self.catalog = catalog or Catalog()
+        wildcard = host.strip("[]") in ("0.0.0.0", "::", "")
+        mesh_peers = ([] if wildcard else [self.address]) + [p for p in self.peers if p != self.address]
+        self.gateway = Gateway(
+            mesh_peers, tls, self.catalog, self.policy, memory_limit=self.limits.memory_limit
+        )
+        self.flight_sql = FlightSqlService(
+            self.gateway, lambda rpc, name: self.metrics.flight_sql.labels(rpc=rpc, command=name).inc()
+        )
         self.instance = uuid.uuid4().hex  # tells this process apart when it is listed in its own --peers
         self.http: HttpServer | None = None
         self.http_url = ""
@@ -168,6 +199,9 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
             elif kind == "status":
                 answer = {"status": self.status_view(), "queries": self.query_views()}
                 yield flight.Result(json.dumps(answer, separators=(",", ":")).encode())
+            elif kind in SPEC_ACTIONS:  # Flight SQL (unsupported ones: UNIMPLEMENTED, named)
+                for result in self.flight_sql.action(session_key(context), kind, body):
+                    yield flight.Result(result)
             else:  # a client mistake: answered as a ProtocolError, logged without a traceback
                 raise ProtocolError(
                     f"unknown action {kind[:40]!r}: this worker knows {', '.join(sorted(ACTIONS))}"
@@ -180,6 +214,9 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         """Log a failed action once and return the one-line Flight error its caller gets."""
         out: BaseException = exc  # FlightError: already translated (and logged) further in;
         if isinstance(exc, flight.FlightError):  # GeneratorExit, SystemExit...: not ours to translate
+            return out
+        if isinstance(exc, NotImplementedError):  # gRPC UNIMPLEMENTED: Flight SQL clients may fall back
+            log.info("%s: %s", kind, exc)
             return out
         if isinstance(exc, FlowError):
             log.warning("action %s failed: %s", kind, exc)
@@ -296,10 +333,57 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
                     self._cancels.pop(old, None)
         self.store.release(query_id)
 
+    # ----------------------------------------------------------------- Flight SQL (worker/flightsql.py)
+    def get_flight_info(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.FlightInfo:
+        """Flight SQL: plan a statement (its ticket runs it), or describe a metadata command's result."""
+        self._authorize(context, "get_flight_info")
+        return self._sql_call(
+            "GetFlightInfo", lambda: self.flight_sql.flight_info(session_key(context), descriptor)
+        )
+
+    def get_schema(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.SchemaResult:
+        """Flight SQL: the schema a command returns; nothing runs."""
+        self._authorize(context, "get_schema")
+        schema = self._sql_call("GetSchema", lambda: self.flight_sql.schema(session_key(context), descriptor))
+        return flight.SchemaResult(schema)
+
+    def do_put(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.FlightMetadataWriter,
+    ) -> None:
+        """Updates, ingestion and statement parameters (DoPut): refused, the mesh answers queries only."""
+        self._authorize(context, "do_put")
+        name = "(a path descriptor)"
+        if descriptor.descriptor_type == flight.DescriptorType.CMD and is_flight_sql(descriptor.command):
+            name = self._sql_call("DoPut", lambda: unpack(descriptor.command)[0])
+        self.flight_sql.count("DoPut", label(name))
+        raise NotImplementedError(
+            f"Flight SQL command {name} over DoPut is not supported by flow-worker: it answers queries only "
+            "(no updates, ingestion or statement parameters)"
+        )
+
+    def _sql_call(self, rpc: str, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except BaseException as exc:
+            raise self._failed(rpc, exc) from exc
+
     # ----------------------------------------------------------------- data
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
-        """Stream one output partition (ticket: msgpack OutputRef); a bad ticket: a one-line Flight error."""
+        """Stream one output partition (ticket: msgpack OutputRef) or a Flight SQL result (ticket: an Any).
+
+        A bad ticket gets a one-line Flight error.
+        """
         self._authorize(context, "do_get")
+        if len(ticket.ticket) <= MAX_TICKET_BYTES and is_flight_sql(ticket.ticket):
+            return self._sql_call("DoGet", lambda: self.flight_sql.stream(context, ticket.ticket))
         try:
             if len(ticket.ticket) > MAX_TICKET_BYTES:
                 raise ProtocolError(f"{len(ticket.ticket)} bytes, the limit is {MAX_TICKET_BYTES}")
@@ -400,6 +484,7 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
                 "work_dir_bytes": self.work_dir_bytes(),
             },
             "peers": self.peer_book.views(),
+            "tables": self.catalog.names,
         }
 
     def query_views(self) -> list[dict[str, Any]]:
@@ -433,6 +518,7 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
     def close_all(self) -> None:
         """Stop serving and remove the work dir."""
         self._stop.set()
+        self.gateway.close()
         self.shutdown()
         if self.http is not None:
             self.http.stop()

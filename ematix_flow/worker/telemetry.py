@@ -87,6 +87,12 @@ class Metrics:
         cpu = Gauge("flow_cpu_percent", "CPU use of this worker process (100 = one core)", registry=reg)
         cpu.set_function(meter.cpu_percent)
         self.peers_up = Gauge("flow_peers_up", "--peers entries that answered the last hello", registry=reg)
+        self.flight_sql = Counter(
+            "flow_flight_sql_requests",
+            "Flight SQL requests, by RPC and command or action (names of the specification, else other)",
+            ["rpc", "command"],
+            registry=reg,
+        )
         for outcome in ("done", "failed", "cancelled"):
             self.tasks.labels(state=outcome)
         for direction in ("in", "out"):

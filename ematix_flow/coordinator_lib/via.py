@@ -1,0 +1,170 @@
+"""Submitting through a peer: ``Mesh(via="HOST:PORT")`` and ``flow sql --via`` speak Flight SQL to it.
+
+The peer plans the query with its own view of the data and drives it across the mesh; this side does
+no planning and needs no access to the data: it sends the SQL (``GetFlightInfo`` with
+``CommandStatementQuery``) and streams the result (``DoGet`` of the statement's ticket), over the same
+mutual TLS as every other hop. A client cookie keeps one Flight SQL session per ``ViaClient``, so
+tables it creates (``CREATE EXTERNAL TABLE``) are its own until it closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from ematix_flow.errors import ConfigError, FlowError, QueryTimeoutError
+from ematix_flow.flightsql import metadata
+from ematix_flow.flightsql.ddl import CreateTable
+from ematix_flow.flightsql.protocol import (
+    SESSION_COOKIE,
+    CommandGetSqlInfo,
+    CommandGetTables,
+    CommandStatementQuery,
+    Message,
+)
+from ematix_flow.transport.flight import translate
+from ematix_flow.transport.tls import TLSConfig, flight_client_kwargs, location
+
+log = logging.getLogger(__name__)
+
+
+class _CookieJar(flight.ClientMiddlewareFactory):  # type: ignore[misc]
+    """Keeps the session cookie the peer sets and sends it back on every call."""
+
+    def __init__(self) -> None:
+        self.cookie = ""
+        self._lock = threading.Lock()
+
+    def start_call(self, info: flight.CallInfo) -> flight.ClientMiddleware:
+        return _CookieCall(self)
+
+
+class _CookieCall(flight.ClientMiddleware):  # type: ignore[misc]
+    def __init__(self, jar: _CookieJar) -> None:
+        self.jar = jar
+
+    def sending_headers(self) -> dict[str, str]:
+        return {"cookie": self.jar.cookie} if self.jar.cookie else {}
+
+    def received_headers(self, headers: Mapping[str, list[str]]) -> None:
+        for value in headers.get("set-cookie", []):
+            pair = value.split(";", 1)[0].strip()
+            if pair.startswith(SESSION_COOKIE + "="):
+                with self.jar._lock:
+                    self.jar.cookie = self.jar.cookie or pair  # the first session we were given is ours
+
+
+#: What a command does, for error messages.
+_WHAT = {
+    "CommandStatementQuery": "running a query",
+    "CommandGetSqlInfo": "connecting",
+    "CommandGetTables": "listing tables",
+}
+
+
+class ViaClient:
+    """A Flight SQL client of one peer, using the mesh's TLS material (``tls=None``: plaintext)."""
+
+    def __init__(
+        self,
+        address: str,
+        tls: TLSConfig | None,
+        *,
+        timeout: float | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        kwargs: dict[str, Any] = flight_client_kwargs(tls) if tls else {}
+        self._client = flight.FlightClient(location(address, tls), middleware=[_CookieJar()], **kwargs)
+        try:  # a first call: the peer answers (or we fail here) and gives this client its session cookie
+            for _ in self.run(CommandGetSqlInfo(info=(0,)), connect_timeout)[1]:
+                pass
+        except BaseException:
+            self._client.close()
+            raise
+
+    def _options(self, timeout: float | None) -> flight.FlightCallOptions:
+        return flight.FlightCallOptions(timeout=timeout if timeout is not None else self.timeout)
+
+    def _error(self, exc: BaseException, what: str, timeout: float | None) -> FlowError:
+        if isinstance(exc, flight.FlightTimedOutError):
+            return QueryTimeoutError(
+                f"{what} through peer {self.address} timed out after {timeout or self.timeout:g} s "
+                "(give it more time with --timeout / Mesh.sql(..., timeout=))"
+            )
+        return translate(exc, self.address, what)
+
+    def schema(self, sql: str) -> pa.Schema:
+        """The schema ``sql`` returns, planned by the peer (GetSchema: nothing runs)."""
+        descriptor = flight.FlightDescriptor.for_command(CommandStatementQuery(query=sql).pack())
+        try:
+            return self._client.get_schema(descriptor, self._options(None)).schema
+        except (flight.FlightError, OSError, pa.ArrowException) as exc:
+            raise self._error(exc, "planning a query", None) from exc
+
+    def run(
+        self, command: Message, timeout: float | None = None
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """Send a command; its result's schema and a generator of its batches (every endpoint in turn)."""
+        options = self._options(timeout)
+        what = _WHAT.get(type(command).__name__, type(command).__name__)
+        descriptor = flight.FlightDescriptor.for_command(command.pack())
+        try:
+            info = self._client.get_flight_info(descriptor, options)
+        except (flight.FlightError, OSError, pa.ArrowException) as exc:
+            raise self._error(exc, what, timeout) from exc
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for endpoint in info.endpoints:
+                try:
+                    reader = self._client.do_get(endpoint.ticket, options)
+                    for chunk in reader:
+                        yield chunk.data
+                except (flight.FlightError, OSError, pa.ArrowException) as exc:
+                    raise self._error(exc, what, timeout) from exc
+
+        return info.schema, batches()
+
+    def sql(self, sql: str, timeout: float | None = None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """Run ``sql`` on the peer: the result's schema and its batches as they stream."""
+        return self.run(CommandStatementQuery(query=sql), timeout)
+
+    def execute(self, sql: str) -> None:
+        """Run a statement whose result is of no interest (CREATE EXTERNAL TABLE)."""
+        for _ in self.sql(sql)[1]:
+            pass
+
+    def register(
+        self, name: str, kind: str, path: str | os.PathLike[str], options: Mapping[str, Any]
+    ) -> None:
+        """Register table ``name`` in this session on the peer (``path`` is the peer's, absolute)."""
+        if options:
+            raise ConfigError(
+                f"table {name}: reader options ({', '.join(options)}) cannot be sent through a peer (via=...)"
+            )
+        text = os.fspath(path)
+        if not text.startswith("/"):
+            raise ConfigError(
+                f"table {name}: {text!r} must be an absolute path: with via=..., the peer reads it, not us"
+            )
+        self.execute(CreateTable(name, kind, text, replace=True).to_sql())
+
+    def tables(self) -> dict[str, pa.Schema]:
+        """The tables this session sees on the peer (its catalog and our own), with their schemas."""
+        schema, batches = self.run(CommandGetTables(include_schema=True))
+        return metadata.schemas_from_tables(pa.Table.from_batches(list(batches), schema=schema))
+
+    def close(self) -> None:
+        """End the session on the peer (its CREATE EXTERNAL TABLE tables go) and disconnect."""
+        try:
+            list(self._client.do_action(flight.Action("CloseSession", b""), self._options(5.0)))
+        except (flight.FlightError, OSError, pa.ArrowException) as exc:
+            log.info("CloseSession on %s failed: %s", self.address, str(exc).splitlines()[0][:200])
+        self._client.close()

@@ -1,0 +1,76 @@
+"""A worker's catalog: the tables ``--table NAME=PATH`` and ``--tables-dir DIR`` register at start.
+
+The options follow ``flow sql``'s rules (:func:`ematix_flow.cli.tables.register_all`): a file's format
+comes from its extension, a folder holds files of one format, ``--tables-dir`` registers each entry by
+its name without extension. Paths are made absolute at start (peers read files by path), so peers
+started with the same options agree on the catalog.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ematix_flow.worker.policy import AccessPolicy
+
+
+class Registrar(Protocol):
+    """Anything with register_parquet / register_csv / register_json (a Mesh)."""
+
+    def register_parquet(self, name: str, path: str) -> None: ...  # noqa: D102
+    def register_csv(self, name: str, path: str) -> None: ...  # noqa: D102
+    def register_json(self, name: str, path: str) -> None: ...  # noqa: D102
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table: its name, format (``parquet``, ``csv`` or ``json``) and absolute path."""
+
+    name: str
+    kind: str
+    path: str
+
+    def register(self, target: Registrar) -> None:
+        """Register this table on ``target``."""
+        readers = {
+            "parquet": target.register_parquet,
+            "csv": target.register_csv,
+            "json": target.register_json,
+        }
+        readers[self.kind](self.name, self.path)
+
+
+@dataclass
+class Catalog:
+    """The tables a worker serves to Flight SQL clients and ``flow sql --via``, by name."""
+
+    tables: dict[str, Table] = field(default_factory=dict)
+
+    # the Registrar methods: register_all() records each table here
+    def register_parquet(self, name: str, path: str) -> None:  # noqa: D102
+        self._add(name, "parquet", path)
+
+    def register_csv(self, name: str, path: str) -> None:  # noqa: D102
+        self._add(name, "csv", path)
+
+    def register_json(self, name: str, path: str) -> None:  # noqa: D102
+        self._add(name, "json", path)
+
+    def _add(self, name: str, kind: str, path: str) -> None:
+        self.tables[name] = Table(name, kind, str(Path(path).expanduser().resolve()))
+
+    def check(self, policy: AccessPolicy) -> None:
+        """Refuse tables outside the worker's ``--data-root`` directories (AccessDeniedError)."""
+        for table in self.tables.values():
+            policy.check_path(table.path, f"table {table.name}")
+
+    def register(self, target: Registrar) -> None:
+        """Register every table on ``target``."""
+        for table in self.tables.values():
+            table.register(target)
+
+    @property
+    def names(self) -> list[str]:
+        """The table names, sorted."""
+        return sorted(self.tables)
