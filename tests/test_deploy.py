@@ -243,6 +243,8 @@ def test_worker_runs_mtls_with_its_own_certificate(compose: dict[str, Any], name
     assert option_value(args, "--listen") == f"0.0.0.0:{PORT}"
     peers = option_value(args, "--peers").split(",")
     assert sorted(peers) == sorted(f"{w}:{PORT}" for w in WORKERS if w != name)
+    # it listens on 0.0.0.0, so it must say which address the others know it by (Flight SQL gateway)
+    assert option_value(args, "--advertise") == f"{name}:{PORT}"
 
 
 @pytest.mark.parametrize("name", WORKERS)

@@ -7,6 +7,7 @@ spread over the peers. A worker's own catalog options are checked at start.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,11 +15,20 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from support import HOSTS, TASK_TIMEOUT, clean_env, executable, peer_mesh, ran_tasks
+from support import (
+    HOSTS,
+    TASK_TIMEOUT,
+    clean_env,
+    executable,
+    free_ports,
+    peer_mesh,
+    ran_tasks,
+    worker_action,
+)
 
 from ematix_flow import ConfigError, Mesh, QueryError, TLSConfig, tpch
 from ematix_flow.compare import compare_tables, query_is_ordered
-from ematix_flow.coordinator_lib.local import LocalWorker
+from ematix_flow.coordinator_lib.local import LocalWorker, spawn_worker
 from ematix_flow.transport.tls import init_certs, issue_cert
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -184,3 +194,26 @@ def test_a_catalog_outside_the_data_root_stops_the_worker_at_start(
 def flow_worker_exit(certs: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     cmd = [executable("flow-worker"), "--listen", "127.0.0.1:0", "--tls-dir", str(certs), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=clean_env())
+
+
+def test_an_advertised_address_is_the_one_it_drives_queries_on(
+    certs: Path, tpch_data: Path, tmp_path: Path, elsewhere: Path
+) -> None:
+    # a worker alone, known as localhost:PORT: the queries it takes run their tasks on itself
+    (port,) = free_ports(1)
+    advertised = f"localhost:{port}"
+    extra = ["--advertise", advertised, "--tables-dir", str(tpch_data)]
+    worker = spawn_worker(certs, tmp_path, port=port, extra=extra)
+    try:
+        status = json.loads(worker_action(worker.address, certs, "status"))["status"]
+        assert status["address"] == advertised
+        args = ["--via", advertised, "--tls-dir", str(certs), "--tls-name", "alice"]
+        sql = "SELECT l_returnflag, count(*) AS n FROM lineitem GROUP BY 1"  # big enough to be distributed
+        result = flow("sql", *args, "--format", "csv", sql, cwd=elsewhere)
+        assert result.returncode == 0, result.stderr
+        assert len(result.stdout.splitlines()) == 4, result.stdout
+        assert ran_tasks([worker.address], certs, sql) == {worker.address}
+    finally:
+        worker.stop()
+    bad = flow_worker_exit(certs, tmp_path, "--advertise", "localhost:0")
+    assert "--advertise 'localhost:0' must be HOST:PORT" in one_line_error(bad)

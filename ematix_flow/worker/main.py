@@ -43,6 +43,12 @@ def _split_peers(value: str) -> list[str]:
 )
 @click.option("--peers", default="", help="Other peers of the mesh, comma-separated HOST:PORT.")
 @click.option(
+    "--advertise",
+    metavar="HOST:PORT",
+    help="The address the other peers know this worker by (as in their --peers) [--listen]; set it when "
+    "listening on 0.0.0.0, so that queries clients send here also run tasks here.",
+)
+@click.option(
     "--http",
     "http_listen",
     metavar="HOST:PORT",
@@ -118,6 +124,7 @@ def _split_peers(value: str) -> list[str]:
 def worker(
     listen: str,
     peers: str,
+    advertise: str | None,
     http_listen: str | None,
     tls_dir: str | None,
     tls_name: str,
@@ -157,7 +164,11 @@ def worker(
         _check_plaintext(listen, insecure, insecure_i_know, policy)
         if http_listen:
             _check_plaintext(http_listen, insecure, insecure_i_know, policy, "--http")
-        server = _start(listen, peers, tls_dir, tls_name, work_dir, insecure, limits, policy, catalog)
+        if advertise is not None:
+            _check_address(advertise, "--advertise")
+        server = _start(
+            listen, peers, tls_dir, tls_name, work_dir, insecure, limits, policy, catalog, advertise
+        )
     except FlowError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -183,9 +194,10 @@ def worker(
     if not data_roots:
         log.warning("no --data-root: tasks may read and write any file this user can (see SECURITY.md)")
     http_text = f" http {http_url}" if http_url else ""
+    known = f", known as {server.address}" if server.address != server.listen_address else ""
     click.echo(
-        f"flow-worker ready on {scheme}://{server.address} (name {server.name}, work dir {server.store.root})"
-        + http_text
+        f"flow-worker ready on {scheme}://{server.listen_address} (name {server.name}{known}, "
+        f"work dir {server.store.root})" + http_text
     )
     sys.stdout.flush()
     while not stop.wait(0.5):
@@ -216,6 +228,7 @@ def _start(
     limits: WorkerLimits,
     policy: AccessPolicy,
     catalog: Catalog,
+    advertise: str | None = None,
 ) -> WorkerServer:
     from ematix_flow.worker.server import WorkerServer
 
@@ -247,10 +260,18 @@ def _start(
             limits=limits,
             policy=policy,
             catalog=catalog,
+            advertise=advertise or "",
         )
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)  # a worker that never served leaves nothing behind
         raise
+
+
+def _check_address(value: str, flag: str) -> None:
+    """HOST:PORT with a host and a non-zero port."""
+    host, _, port = value.rpartition(":")
+    if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{flag} {value!r} must be HOST:PORT, e.g. worker1.example:50051")
 
 
 def _check_plaintext(

@@ -100,11 +100,14 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         limits: WorkerLimits | None = None,
         policy: AccessPolicy | None = None,
         catalog: Catalog | None = None,
+        advertise: str = "",
     ) -> None:
+        """Serve on ``listen``; ``advertise`` is the address peers know it by (default: ``listen``'s)."""
         kwargs: dict[str, Any] = flight_server_kwargs(tls) if tls else {}
         super().__init__(location(listen, tls), middleware={"session": SessionCookies()}, **kwargs)
         host = listen.rsplit(":", 1)[0]
-        self.address = f"{host}:{self.port}"
+        self.listen_address = f"{host}:{self.port}"  # where it serves
+        self.address = advertise or self.listen_address  # the address peers know it by
         self.tls = tls
         self.name = name or (tls.common_name() if tls else self.address)
         self.peers = list(peers or [])
@@ -136,7 +139,7 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         self.metrics.tasks_queued.set_function(lambda: self._queued)
         self.metrics.peers_up.set_function(self.peer_book.up)
         self.catalog = catalog or Catalog()
-        wildcard = host.strip("[]") in ("0.0.0.0", "::", "")
+        wildcard = host.strip("[]") in ("0.0.0.0", "::", "") and not advertise  # cannot name itself
         mesh_peers = ([] if wildcard else [self.address]) + [p for p in self.peers if p != self.address]
         self.gateway = Gateway(
             mesh_peers, tls, self.catalog, self.policy, memory_limit=self.limits.memory_limit
