@@ -369,6 +369,106 @@ class SparkEngine:
         return {}
 
 
+class FlightSqlEngine:
+    """A client of the mesh through Arrow Flight SQL: the ADBC driver (Go) over mTLS to worker 0.
+
+    ``workers`` flow-worker processes each list the others in ``--peers`` and register the tables
+    themselves (``--table``); worker 0 plans every query and drives it across the mesh (it runs the
+    root stage), and streams the result to the bench process, which only decodes Arrow batches.
+    """
+
+    validation = STRICT
+
+    def __init__(self, options: EngineOptions, *, name: str = "mesh-flightsql") -> None:
+        try:
+            import adbc_driver_flightsql.dbapi  # noqa: F401
+        except ImportError as exc:
+            raise EngineUnavailable(
+                f"the ADBC Flight SQL driver is not installed ({exc}); pip install adbc-driver-flightsql"
+            ) from exc
+        self.name = name
+        self.workers = options.workers
+        self.log_level = options.log_level
+        self._spawned: list[Any] = []
+        self._conn: Any = None
+        self._base: Path | None = None
+
+    def start(self, data_dir: Path, tables: Sequence[str]) -> None:
+        import socket
+        import tempfile
+
+        import adbc_driver_flightsql.dbapi as flight_sql
+        from adbc_driver_flightsql import DatabaseOptions
+
+        from ematix_flow.coordinator_lib.local import spawn_worker
+        from ematix_flow.transport.tls import init_certs
+
+        self._base = Path(tempfile.mkdtemp(prefix="bench-flightsql-"))
+        certs = self._base / "certs"
+        init_certs(certs, ["127.0.0.1", "localhost"])
+        socks = [socket.create_server(("127.0.0.1", 0)) for _ in range(self.workers)]
+        ports = [s.getsockname()[1] for s in socks]
+        for s in socks:
+            s.close()
+        addresses = [f"127.0.0.1:{p}" for p in ports]
+        catalog = [f"--table={name}={_table(data_dir, name)}" for name in tables]
+        for i, port in enumerate(ports):
+            others = ",".join(a for a in addresses if a != addresses[i])
+            extra = ["--peers", others, *catalog]
+            worker = spawn_worker(
+                certs, self._base / "work", port=port, extra=extra, log_level=self.log_level
+            )
+            self._spawned.append(worker)
+        self._conn = flight_sql.connect(
+            f"grpc+tls://{addresses[0]}",
+            autocommit=True,
+            db_kwargs={
+                DatabaseOptions.TLS_ROOT_CERTS.value: (certs / "ca.pem").read_text(),
+                DatabaseOptions.MTLS_CERT_CHAIN.value: (certs / "peer.pem").read_text(),
+                DatabaseOptions.MTLS_PRIVATE_KEY.value: (certs / "peer-key.pem").read_text(),
+            },
+        )
+
+    def run(self, sql: str) -> pa.Table:
+        with self._conn.cursor() as cursor:
+            cursor.execute(sql)
+            table: pa.Table = cursor.fetch_arrow_table()
+        return table
+
+    def close(self) -> None:
+        import shutil
+
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        for worker in self._spawned:
+            worker.stop()
+        self._spawned = []
+        if self._base is not None:
+            shutil.rmtree(self._base, ignore_errors=True)
+
+    def version(self) -> str:
+        import adbc_driver_flightsql
+
+        import ematix_flow
+
+        return f"{ematix_flow.__version__} (ADBC Flight SQL {adbc_driver_flightsql.__version__})"
+
+    def pids(self) -> dict[str, int]:
+        return {f"worker{i}": w.pid for i, w in enumerate(self._spawned)}
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "workers": self.workers,
+            "tls": True,
+            "process": "flow-worker processes; worker0 plans, drives and runs the root stage; "
+            "the bench process is an ADBC client",
+        }
+
+    def details(self) -> dict[str, Any]:
+        return {}
+
+
 EngineFactory = Callable[[EngineOptions], Engine]
 
 ENGINES: dict[str, EngineFactory] = {
@@ -378,6 +478,8 @@ ENGINES: dict[str, EngineFactory] = {
     "mesh-adaptive": partial(MeshEngine, name="mesh-adaptive", mesh_options={"local_below_bytes": 64 << 20}),
     "duckdb": DuckDBEngine,
     "pyspark": SparkEngine,
+    # the same mesh reached as a Flight SQL server by the ADBC driver (any BI tool's path)
+    "mesh-flightsql": FlightSqlEngine,
     # the scaling run (--scaling): one worker and the submitter on core 0, vs two workers on cores 0 and 1
     "mesh-1core": partial(MeshEngine, name="mesh-1core", workers=1, worker_cpus=[[0]], submitter_cpus=[0]),
     "mesh-2core": partial(MeshEngine, name="mesh-2core", workers=2, worker_cpus=[[0], [1]]),

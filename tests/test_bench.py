@@ -181,3 +181,15 @@ def test_mesh_engine_records_distribution_and_worker_memory(tiny_tpch: Path, tmp
         assert all("peers_used" in d for d in mesh["details"])
         assert {"bench", "worker0", "worker1"} <= set(mesh["memory"])
     assert "| mesh distributed |" in document["markdown"]
+
+
+@pytest.mark.integration
+def test_flight_sql_engine_answers_like_datafusion_through_adbc(tiny_tpch: Path, tmp_path: Path) -> None:
+    assert _run(tiny_tpch, tmp_path, "mesh-flightsql,datafusion", "--workers", "2", "--no-chart") == 0
+    document = json.loads((tmp_path / "tpch_sf0.01.json").read_text())
+    assert document["queries"]
+    for query in document["queries"]:
+        engine = query["engines"]["mesh-flightsql"]
+        assert engine["valid"] is True, query
+        assert {"worker0", "worker1"} <= set(engine["memory"])
+    assert "ADBC Flight SQL" in document["markdown"]
