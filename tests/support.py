@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import queue
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -238,3 +242,43 @@ def ran_tasks(addresses: list[str], certs: Path, sql: str) -> set[str]:
         if any(q["sql"] == sql for q in queries):
             ran.add(address)
     return ran
+
+
+def terminal_env(scratch: Path) -> dict[str, str]:
+    """An environment in which rich sees a plain xterm (nothing forcing or disabling colour)."""
+    env = clean_env(TMPDIR=str(scratch), TERM="xterm-256color")
+    for name in ("TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES"):
+        env.pop(name, None)
+    return env
+
+
+def run_on_terminal(
+    args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 120
+) -> tuple[int, str, str]:
+    """Run ``args`` with stderr on a 120x40 pseudo-terminal; (exit code, stdout, what the terminal showed)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    chunks: list[bytes] = []
+
+    def pump() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every writer closed the terminal
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, text=True, env=env, cwd=cwd
+        )
+        os.close(slave)
+        stdout, _ = proc.communicate(timeout=timeout)
+        reader.join(10)
+    finally:
+        os.close(master)
+    return proc.returncode, stdout, b"".join(chunks).decode("utf-8", "replace")

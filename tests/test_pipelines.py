@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from support import spawned_workers
+from support import run_on_terminal, spawned_workers, terminal_env
 
 from ematix_flow.errors import FlowError, LoadError, QueryError
 from ematix_flow.pipelines import runner
@@ -431,3 +432,13 @@ def test_run_errors_keep_the_cli_contract(examples: Path) -> None:
         "--dry-run" in env_help.stdout and "flow run --module my_pipelines daily_revenue" in env_help.stdout
     )
     assert os.path.isdir(examples)
+
+
+def test_flow_run_shows_the_mesh_stages_live_on_a_terminal(examples: Path) -> None:
+    args = [*FLOW, "run", "merge_daily_revenue.toml"]
+    code, _, shown = run_on_terminal(args, terminal_env(examples), cwd=examples)
+    assert code == 0, shown[-2000:]
+    assert re.search(r"stage +\d+ (shuffle|gather|root) .*\d+/\d+ tasks", shown), shown[-2000:]
+    assert "daily_revenue: merge of 42 rows" in shown
+    quiet = run_on_terminal([*args[:-1], "--quiet", args[-1]], terminal_env(examples), cwd=examples)
+    assert quiet[0] == 0 and quiet[2] == "", quiet[2][-500:]

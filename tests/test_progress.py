@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import fcntl
 import io
 import itertools
 import os
 import pty
 import re
-import struct
 import subprocess
-import termios
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +15,7 @@ import pyarrow as pa
 import pytest
 from datafusion import SessionContext
 from rich.console import Console
-from support import clean_env, executable, local_mesh
+from support import executable, local_mesh, run_on_terminal, terminal_env
 
 from ematix_flow import Mesh, tpch
 from ematix_flow.cli.progress import StageDisplay, TerminalProgress, count_text, stage_counts
@@ -200,39 +196,12 @@ def _flow_sql(tpch_data: Path, tmp_path: Path, *extra: str, tty: bool) -> tuple[
     """Run ``flow sql --local 2`` on Q9: stderr on a pseudo-terminal (or a pipe); (exit, stdout, stderr)."""
     scratch = tmp_path / "tmp"
     scratch.mkdir(exist_ok=True)
-    env = clean_env(TMPDIR=str(scratch), TERM="xterm-256color")
-    for name in ("TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES"):
-        env.pop(name, None)
+    env = terminal_env(scratch)
     args = [executable("flow"), "sql", "--local", "2", "--tables-dir", str(tpch_data), *extra, Q09]
     if not tty:
         done = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
         return done.returncode, done.stdout, done.stderr
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    chunks: list[bytes] = []
-
-    def pump() -> None:
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: every writer closed the terminal
-                return
-            if not data:
-                return
-            chunks.append(data)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, text=True, env=env
-        )
-        os.close(slave)
-        stdout, _ = proc.communicate(timeout=120)
-        reader.join(10)
-    finally:
-        os.close(master)
-    return proc.returncode, stdout, b"".join(chunks).decode("utf-8", "replace")
+    return run_on_terminal(args, env)
 
 
 def _check_table(stdout: str) -> None:

@@ -7,6 +7,7 @@ import time
 
 import click
 
+from ematix_flow.cli.progress import TerminalProgress
 from ematix_flow.errors import ConfigError
 from ematix_flow.pipelines.config import Pipeline
 
@@ -44,7 +45,9 @@ def _with_args(f: click.decorators.FC) -> click.decorators.FC:
 @click.option(
     "--dry-run", is_flag=True, help="Print the plan (sources, SQL, engine plan, load); write nothing."
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@click.option(
+    "--quiet", "-q", is_flag=True, help="No progress on stderr (lines, and the live stages on a terminal)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the run's history record as JSON on stdout.")
 def run(
     file: str | None, name: str | None, module: str | None, dry_run: bool, quiet: bool, as_json: bool
@@ -67,7 +70,8 @@ def run(
         return
     t0 = time.perf_counter()
     echo = None if quiet else (lambda line: click.echo(line, err=True))
-    record = runner.run(pipeline, echo=echo)
+    with TerminalProgress(not quiet) as progress:  # the mesh's stages, live, when stderr is a terminal
+        record = runner.run(pipeline, echo=echo, progress=progress.hook)
     if as_json:
         data = {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in vars(record).items()}
         click.echo(json.dumps(data, indent=2))

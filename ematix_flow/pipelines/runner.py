@@ -30,6 +30,7 @@ import datafusion
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ematix_flow.coordinator_lib.progress import ProgressHook
 from ematix_flow.errors import ConfigError, FlowError, QueryError
 from ematix_flow.pipelines.config import Pipeline
 from ematix_flow.pipelines.dialect import translate
@@ -122,8 +123,11 @@ def dry_run(pipeline: Pipeline) -> str:
     return "\n".join(lines)
 
 
-def run(pipeline: Pipeline, echo: Echo | None = None) -> RunRecord:
-    """Run the pipeline once; returns its history record (status success) or raises a FlowError."""
+def run(pipeline: Pipeline, echo: Echo | None = None, progress: ProgressHook | None = None) -> RunRecord:
+    """Run the pipeline once; returns its history record (status success) or raises a FlowError.
+
+    ``echo`` gets a line per step; ``progress`` the mesh's stage snapshots (engine "distributed").
+    """
     say = echo or (lambda _line: None)
     prepared = prepare(pipeline)
     t = pipeline.target
@@ -140,7 +144,7 @@ def run(pipeline: Pipeline, echo: Echo | None = None) -> RunRecord:
         record.watermark_type = prepared.watermark.arrow_type
     t0 = time.perf_counter()
     try:
-        with _staging(pipeline) as staging, _engine(pipeline) as engine:
+        with _staging(pipeline) as staging, _engine(pipeline, progress) as engine:
             say(f"{pipeline.name}: reading {len(pipeline.sources)} source(s); {_engine_text(pipeline)}")
             _register_sources(engine, pipeline, staging)
             data = normalize(_named(pipeline, engine.sql, prepared.final_sql))
@@ -196,7 +200,7 @@ class _InProcess:
 class _OnMesh:
     """engine = "distributed": a Mesh of --peers, or local peers started for this run."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, progress: ProgressHook | None = None) -> None:
         from ematix_flow.coordinator_lib.mesh import Mesh
         from ematix_flow.transport.tls import TLSConfig
 
@@ -213,9 +217,10 @@ class _OnMesh:
             self.mesh = Mesh(t.peers, tls, insecure=t.insecure, **options)
         self.sink = self.mesh
         self.timeout = t.timeout
+        self.progress = progress
 
     def sql(self, sql: str) -> pa.Table:
-        return self.mesh.sql(sql, timeout=self.timeout)
+        return self.mesh.sql(sql, timeout=self.timeout, progress=self.progress)
 
     def where(self) -> str:
         """Where the last query ran: the peers its tasks used, or the submitter (adaptive gate)."""
@@ -233,11 +238,11 @@ class _OnMesh:
 
 
 @contextlib.contextmanager
-def _engine(pipeline: Pipeline) -> Iterator[_InProcess | _OnMesh]:
+def _engine(pipeline: Pipeline, progress: ProgressHook | None = None) -> Iterator[_InProcess | _OnMesh]:
     if pipeline.transform.engine == "datafusion":
         yield _InProcess()
         return
-    mesh = _OnMesh(pipeline)
+    mesh = _OnMesh(pipeline, progress)
     try:
         yield mesh
     finally:
