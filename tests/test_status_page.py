@@ -88,14 +88,16 @@ def certs(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def mesh_workers(certs: Path, tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    """Three workers with ``--http 127.0.0.1:0``, started in turn, each with the earlier ones as
-    ``--peers``: the last one knows the whole mesh, with no port picked in advance."""
+def mesh_workers(certs: Path, tmp_path: Path, table: Path) -> Iterator[list[WorkerProcess]]:
+    """Three workers with ``--http 127.0.0.1:0`` and table ``t`` in their catalog, started in turn,
+    each with the earlier ones as ``--peers``: the last one knows the whole mesh, with no port picked
+    in advance."""
     with ExitStack() as stack:
         workers: list[WorkerProcess] = []
         for name in NAMES:
             args = ["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--tls-dir", str(certs)]
             args += ["--tls-name", name, "--work-dir", str(tmp_path / "work"), "--allow-udfs"]
+            args += ["--table", f"t={table}"]
             if workers:
                 args += ["--peers", ",".join(w.address for w in workers)]
             workers.append(stack.enter_context(flow_worker(args)))
@@ -152,6 +154,7 @@ def test_status_page_shows_the_mesh_and_follows_a_query(
     page.goto(http_url(watched) + "/")
     expect(page.locator("#worker-address")).to_have_text(watched.address, timeout=UI_TIMEOUT_MS)
     expect(page.locator("#worker-name")).to_have_text("w3")
+    expect(page.locator("#worker-tables")).to_have_text("t")  # its catalog
     expect(page.locator("#peers tr")).to_have_count(3, timeout=UI_TIMEOUT_MS)
     for name, worker in zip(NAMES, mesh_workers, strict=True):
         row = page.locator(f'#peers tr[data-address="{worker.address}"]')

@@ -184,6 +184,8 @@
     setText("worker-cpu", typeof load.cpu_percent === "number" ? load.cpu_percent.toFixed(0) + " %" : "–");
     setText("worker-memory", fmtBytes(load.memory_bytes));
     setText("worker-disk", fmtBytes(load.work_dir_bytes));
+    const tables = status.tables || [];
+    setText("worker-tables", tables.length ? tables.join(", ") : "none");
 
     const self = {
       name: status.name,
