@@ -101,6 +101,10 @@ def test_a_good_declaration_reads_with_defaults() -> None:
             "parquet targets support append, truncate, not merge",
         ),
         ({"target__table": None}, "[target] table: missing"),
+        (
+            {"target__mode": "truncate", "transform__watermark_column": "ts"},
+            '[target] mode: "truncate" replaces the whole table, so with [transform] watermark_column',
+        ),
         ({"target__kind": "postgres", "target__path": None}, "[target] dsn: missing"),
         ({"pipeline_name": "daily revenue"}, "must be letters, digits and _"),
         ({"pipeline_name": 7}, "pipeline_name: must be a string, not int 7"),

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 from support import run_on_terminal, spawned_workers, terminal_env
 
-from ematix_flow.errors import FlowError, LoadError, QueryError
+from ematix_flow.errors import ConfigError, FlowError, LoadError, QueryError
 from ematix_flow.pipelines import runner
 from ematix_flow.pipelines.config import Pipeline
 
@@ -188,7 +188,8 @@ def test_a_bad_pipeline_is_one_line_exit_2_and_writes_nothing(
     result = flow("run", file.name, cwd=examples)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 or lines[-1].startswith("error: "), result.stderr
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == lines[-1:] and "Traceback" not in result.stderr, result.stderr  # one line, last
     assert lines[-1].startswith(f"error: {file.name}"), lines[-1]
     assert message in lines[-1], lines[-1]
     assert not (examples / "warehouse.duckdb").exists() or _empty_duckdb(examples / "warehouse.duckdb")
@@ -344,10 +345,12 @@ def test_a_failed_run_leaves_target_and_watermark_as_they_were(tmp_path: Path) -
     runs = sorted(history("duckdb", tmp_path / "warehouse.duckdb"), key=lambda r: r["started"])
     assert [r["status"] for r in runs] == ["success", "failed", "failed"]
     assert runs[1]["error"] and runs[2]["error"]
-    assert runs[1]["watermark"] == runs[0]["watermark"] == "2026-01-02T10:00:00"
+    assert runs[1]["watermark"] == runs[0]["watermark"]
+    assert dt.datetime.fromisoformat(runs[0]["watermark"]) == dt.datetime(2026, 1, 2, 10)
     # and the next good run picks up exactly the rows after the committed watermark
     record = runner.run(declare(tmp_path, "duckdb", "merge", {}, watermark=True))
-    assert record.rows_read == 3 and record.watermark == "2026-01-03T10:00:00"
+    assert record.rows_read == 3 and record.watermark
+    assert dt.datetime.fromisoformat(record.watermark) == dt.datetime(2026, 1, 3, 10)
 
 
 KILLER = textwrap.dedent(
@@ -442,3 +445,68 @@ def test_flow_run_shows_the_mesh_stages_live_on_a_terminal(examples: Path) -> No
     assert "daily_revenue: merge of 42 rows" in shown
     quiet = run_on_terminal([*args[:-1], "--quiet", args[-1]], terminal_env(examples), cwd=examples)
     assert quiet[0] == 0 and quiet[2] == "", quiet[2][-500:]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pa.timestamp("us", tz="Europe/Paris"),
+        pa.timestamp("ns", tz="America/New_York"),
+        pa.timestamp("ns"),
+        pa.timestamp("s"),
+        pa.date32(),
+        pa.int64(),
+        pa.decimal128(12, 3),
+        pa.string(),
+    ],
+    ids=str,
+)
+def test_a_watermark_loads_each_row_once_whatever_its_type(tmp_path: Path, kind: pa.DataType) -> None:
+    def marks(count: int) -> pa.Array:  # increasing in every type; nanoseconds apart where they can be
+        if pa.types.is_timestamp(kind):
+            start = 1_772_366_400_123_456_000  # 2026-03-01T12:00:00.123456 UTC, in ns
+            ticks = [start + i * 3_600_000_000_000 + i for i in range(count)]
+            per_tick = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[kind.unit]
+            ticks = [t // per_tick for t in ticks]
+            utc = pa.array(ticks, pa.int64()).cast(pa.timestamp(kind.unit, tz="UTC"))
+            return utc.cast(kind)
+        if pa.types.is_date(kind):
+            return pa.array([dt.date(2026, 3, 1) + dt.timedelta(days=i) for i in range(count)], kind)
+        if pa.types.is_decimal(kind):
+            return pa.array([f"{i}.125" for i in range(count)]).cast(kind)
+        if pa.types.is_integer(kind):
+            return pa.array(range(count), kind)
+        return pa.array([f"k{i:04d}" for i in range(count)], kind)
+
+    def write(count: int) -> None:
+        table = pa.table({"id": pa.array(range(count), pa.int64()), "mark": marks(count)})
+        pq.write_table(table, tmp_path / "src.parquet")
+
+    data = {
+        "pipeline_name": "marks",
+        "sources": {"src": {"kind": "parquet", "path": "src.parquet"}},
+        "transform": {
+            "sql": "SELECT id, mark FROM src -- a comment on the last line",
+            "watermark_column": "mark",
+        },
+        "target": {"kind": "parquet", "path": "marks", "mode": "append"},  # keeps nanoseconds
+    }
+    for count, new in ((3, 3), (3, 0), (5, 2), (6, 1)):
+        write(count)
+        record = runner.run(Pipeline.from_dict(data, origin="p.toml", base_dir=tmp_path))
+        assert record.rows_read == new, (count, record.watermark)
+    ids = read_target("parquet", tmp_path / "marks", "").column("id").to_pylist()
+    assert sorted(ids) == list(range(6))  # every row once: no duplicates, no gaps
+
+
+def test_an_unusable_watermark_column_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"id": [1, 2], "flag": [True, False]}), tmp_path / "src.parquet")
+    data = {
+        "pipeline_name": "flags",
+        "sources": {"src": {"kind": "parquet", "path": "src.parquet"}},
+        "transform": {"sql": "SELECT id, flag FROM src", "watermark_column": "flag"},
+        "target": {"kind": "duckdb", "path": "w.duckdb", "table": "flags", "mode": "append"},
+    }
+    with pytest.raises(ConfigError, match=r"p.toml: \[transform\] watermark_column 'flag' has type bool"):
+        runner.run(Pipeline.from_dict(data, origin="p.toml", base_dir=tmp_path))
+    assert _empty_duckdb(tmp_path / "w.duckdb")

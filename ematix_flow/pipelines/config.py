@@ -172,7 +172,7 @@ class Pipeline:
         for name, source in self.sources.items():
             _check_source(where, name, source)
         _check_transform(where, self.transform)
-        _check_target(where, self.target)
+        _check_target(where, self.target, self.transform.watermark_column)
 
     def sql_text(self) -> str:
         """The transform's SQL as written (from ``sql`` or ``sql_file``), not yet translated."""
@@ -373,7 +373,7 @@ def _check_transform(where: str, t: Transform) -> None:
         raise ConfigError(f"{at} timeout: must be positive seconds, not {t.timeout}")
 
 
-def _check_target(where: str, t: Target) -> None:
+def _check_target(where: str, t: Target, watermark_column: str | None = None) -> None:
     at = f"{where}: [target]"
     if t.kind not in TARGET_MODES:
         raise ConfigError(f"{at} kind: {t.kind!r} is not one of {', '.join(TARGET_MODES)}")
@@ -388,6 +388,11 @@ def _check_target(where: str, t: Target) -> None:
         raise ConfigError(f'{at} keys: mode = "{t.mode}" needs keys = ["id", ...] (the business key)')
     if t.mode not in ("merge", "scd2") and t.keys:
         raise ConfigError(f'{at} keys: only used by mode = "merge" or "scd2" (remove it, or set mode)')
+    if t.mode == "truncate" and watermark_column:
+        raise ConfigError(
+            f'{at} mode: "truncate" replaces the whole table, so with [transform] watermark_column it would '
+            'keep only the new rows: use mode = "append" or "merge", or drop watermark_column'
+        )
     if len(set(t.keys)) != len(t.keys):
         raise ConfigError(f"{at} keys: {t.keys} names a column twice")
     if t.kind == "postgres":

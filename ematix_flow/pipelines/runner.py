@@ -59,7 +59,7 @@ class Prepared:
         if self.watermark is None:
             return self.sql
         column = _quote(self.watermark.column)
-        return f"SELECT * FROM ({self.sql}) AS flow_transform WHERE {column} > {_literal(self.watermark)}"
+        return f"SELECT * FROM (\n{self.sql}\n) AS flow_transform WHERE {column} > {_literal(self.watermark)}"
 
 
 def prepare(pipeline: Pipeline) -> Prepared:
@@ -160,6 +160,12 @@ def run(pipeline: Pipeline, echo: Echo | None = None, progress: ProgressHook | N
         record.error = _one_line(exc)
         record.watermark = prepared.watermark.value if prepared.watermark else None
         prepared.target.record_failure(record)
+        if isinstance(exc, Exception) and not isinstance(exc, FlowError):
+            log.debug("run %s failed", record.run_id, exc_info=True)
+            raise FlowError(
+                f"{pipeline.origin}: the run failed: {_one_line(exc)} (nothing was committed; "
+                "--log-level debug shows the traceback)"
+            ) from exc
         raise
     return record
 
@@ -300,18 +306,59 @@ def _advance_watermark(record: RunRecord, data: pa.Table, pipeline: Pipeline) ->
     column = pipeline.transform.watermark_column
     if not column:
         return
+    where = f"{pipeline.origin}: [transform] watermark_column {column!r}"
     if column not in data.column_names:
         raise ConfigError(
-            f"{pipeline.origin}: [transform] watermark_column {column!r} is not a column of the "
-            f"transform's result ({', '.join(data.column_names)}): select it, or fix the name"
+            f"{where} is not a column of the transform's result ({', '.join(data.column_names)}): "
+            "select it, or fix the name"
+        )
+    kind = data.schema.field(column).type
+    if not _watermark_type_ok(kind):
+        raise ConfigError(
+            f"{where} has type {kind}: use an integer, decimal, date, timestamp or string column"
         )
     if data.num_rows == 0:
         return
-    highest = pc.max(data[column]).as_py()
-    if highest is None:
+    highest = pc.max(data[column])
+    if not highest.is_valid:
         return
-    record.watermark = highest.isoformat() if isinstance(highest, dt.date) else str(highest)
-    record.watermark_type = str(data.schema.field(column).type)
+    record.watermark = watermark_text(highest)
+    record.watermark_type = str(kind)
+
+
+def _watermark_type_ok(kind: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_decimal(kind)
+        or pa.types.is_date(kind)
+        or pa.types.is_timestamp(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_string_view(kind)
+    )
+
+
+_TICKS = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+_UNITS = {"s": "Second", "ms": "Millisecond", "us": "Microsecond", "ns": "Nanosecond"}
+
+
+def watermark_text(value: pa.Scalar) -> str:
+    """A column maximum as stored text (ISO for dates and timestamps).
+
+    Timestamps are written in UTC at their full precision, with ``Z`` when the column has a time
+    zone, so nanoseconds and zones survive the round trip through the run history.
+    """
+    kind = value.type
+    if pa.types.is_timestamp(kind):
+        per_second = _TICKS[kind.unit]
+        seconds, fraction = divmod(value.cast(pa.int64()).as_py(), per_second)
+        moment = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=seconds)
+        digits = len(str(per_second)) - 1
+        text = moment.isoformat(timespec="seconds") + (f".{fraction:0{digits}d}" if digits else "")
+        return text + ("Z" if kind.tz else "")
+    plain = value.as_py()
+    return plain.isoformat() if isinstance(plain, dt.date) else str(plain)
 
 
 def _literal(watermark: Watermark) -> str:
@@ -325,8 +372,10 @@ def _literal(watermark: Watermark) -> str:
         return f"CAST({_string(str(decimal.Decimal(value)))} AS DECIMAL(38, {_scale(kind)}))"
     if kind.startswith("date"):
         return f"DATE {_string(dt.date.fromisoformat(value).isoformat())}"
-    if kind.startswith("timestamp"):
-        return f"CAST({_string(dt.datetime.fromisoformat(value).isoformat())} AS TIMESTAMP)"
+    if kind.startswith("timestamp["):  # e.g. timestamp[ns, tz=Europe/Paris]: an instant, stored in UTC
+        unit = _UNITS[kind[len("timestamp[") :].split(",")[0].rstrip("]")]
+        zone = 'Some("UTC")' if "tz=" in kind else "None"
+        return f"arrow_cast({_string(value)}, 'Timestamp({unit}, {zone})')"
     if kind in ("string", "large_string", "string_view", "utf8"):
         return _string(value)
     raise ConfigError(

@@ -387,7 +387,7 @@ def _column(source: str, name: str, values: list[Any], kind: pa.DataType | None)
     if kind is not None:
         try:
             return pa.array([_coerce(v, kind) for v in values], type=kind)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError, decimal.InvalidOperation):
+        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError, decimal.DecimalException):
             log.warning(
                 "source %s: column %s holds values that are not %s; read as they are", source, name, kind
             )
@@ -402,6 +402,8 @@ def _coerce(value: Any, kind: pa.DataType) -> Any:
     """A database value in the Python form pyarrow takes for ``kind`` (SQLite keeps dates as text)."""
     if value is None:
         return None
+    if (pa.types.is_timestamp(kind) or pa.types.is_date(kind)) and isinstance(value, int | float):
+        raise TypeError(f"{value!r} is a number, not a {kind}: read as stored")  # e.g. epoch seconds
     if pa.types.is_timestamp(kind) and isinstance(value, str):
         moment = dt.datetime.fromisoformat(value)
         return moment.astimezone(dt.UTC).replace(tzinfo=None) if moment.tzinfo and not kind.tz else moment
@@ -410,7 +412,8 @@ def _coerce(value: Any, kind: pa.DataType) -> Any:
     if pa.types.is_boolean(kind) and isinstance(value, int):
         return bool(value)
     if pa.types.is_decimal(kind) and isinstance(value, int | float | str):
-        return decimal.Decimal(str(value)).quantize(decimal.Decimal(1).scaleb(-kind.scale))
+        exact = decimal.Context(traps=[decimal.Inexact, decimal.InvalidOperation])
+        return decimal.Decimal(str(value)).quantize(decimal.Decimal(1).scaleb(-kind.scale), context=exact)
     return _plain(value)
 
 

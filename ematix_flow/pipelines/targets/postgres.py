@@ -59,8 +59,8 @@ class PostgresTarget(SQLTarget):
         try:
             self._params = conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
-            raise ConfigError(
-                f"postgres target dsn is not a valid connection string: {exc} "
+            raise ConfigError(  # libpq's message may quote part of the DSN, password included: not shown
+                "postgres target dsn is not a valid connection string "
                 '(use "postgresql://user@host:5432/db" or "host=... dbname=...")'
             ) from exc
         self.dsn = dsn
