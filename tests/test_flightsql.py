@@ -30,6 +30,7 @@ from ematix_flow.compare import compare_tables, query_is_ordered
 from ematix_flow.coordinator_lib.local import LocalWorker
 from ematix_flow.flightsql.protocol import (
     CommandGetPrimaryKeys,
+    CommandGetSqlInfo,
     CommandGetTables,
     CommandStatementQuery,
     pack,
@@ -321,6 +322,29 @@ def test_metadata_through_plain_flight(client: flight.FlightClient) -> None:
     assert client.do_get(info.endpoints[0].ticket, CALL).read_all().column("table_name").to_pylist() == [
         "region"
     ]
+
+
+def test_hostile_metadata_filters_are_answered_at_once(client: flight.FlightClient) -> None:
+    # a regex would backtrack for hours on this pattern, holding the GIL: the whole worker would stall
+    slow = CommandGetTables(table_name_filter_pattern="%" * 200 + "z").pack()
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(slow), CALL)
+    assert client.do_get(info.endpoints[0].ticket, CALL).read_all().num_rows == 0
+    too_long = CommandGetTables(table_name_filter_pattern="%" * 300).pack()
+    with pytest.raises(flight.FlightError, match="the limit is 256"):
+        client.get_flight_info(flight.FlightDescriptor.for_command(too_long), CALL)
+    # a command over the 1 KiB shuffle-ticket bound still makes a valid ticket of itself
+    many = CommandGetSqlInfo(info=tuple(range(1000, 1700))).pack()
+    assert len(many) > 1024
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(many), CALL)
+    assert client.do_get(info.endpoints[0].ticket, CALL).read_all().num_rows >= 0
+
+
+def test_dictionary_columns_arrive_decoded(conn: Any) -> None:
+    table = query(conn, "SELECT arrow_cast(r_name, 'Dictionary(Int32, Utf8)') AS d FROM region ORDER BY 1")
+    assert table.column("d").to_pylist() == ["AFRICA", "AMERICA", "ASIA", "EUROPE", "MIDDLE EAST"]
+    assert pa.types.is_string(table.schema.field("d").type) or pa.types.is_string_view(
+        table.schema.field("d").type
+    )
 
 
 def test_zz_flight_sql_calls_are_counted(workers: list[LocalWorker], certs: Path) -> None:

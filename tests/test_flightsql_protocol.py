@@ -124,12 +124,31 @@ def test_unsupported_create_external_tables_are_query_errors(sql: str, says: str
 
 
 # ----------------------------------------------------------------------------- metadata
-def test_like_patterns() -> None:
-    pattern = metadata.like("p_rt%")
-    assert pattern is not None and pattern.fullmatch("partsupp") and not pattern.fullmatch("xpart")
-    dotted = metadata.like("a.b")
-    assert dotted is not None and dotted.fullmatch("a.b") and not dotted.fullmatch("axb")
-    assert metadata.like(None) is None
+@pytest.mark.parametrize(
+    ("pattern", "value", "expected"),
+    [
+        ("p_rt%", "partsupp", True),
+        ("p_rt%", "xpart", False),
+        ("a.b", "a.b", True),
+        ("a.b", "axb", False),  # not a regex
+        ("%", "", True),
+        ("_", "", False),
+        ("%a%b%", "xxaxxbxx", True),
+        ("%a%b", "xxaxxbxx", False),
+        ("n%n", "nation", True),
+        ("n%n", "nations", False),
+        ("%%_", "x", True),
+        (None, "anything", True),
+        ("%" * 200 + "z", "lineitem_" * 20, False),  # a regex would backtrack for hours on this
+    ],
+)
+def test_like_patterns(pattern: str | None, value: str, expected: bool) -> None:
+    assert metadata.like(pattern, value) is expected
+
+
+def test_like_refuses_overlong_patterns() -> None:
+    with pytest.raises(ProtocolError, match="the limit is 256"):
+        metadata.like("%" * 300, "x")
 
 
 def test_get_tables_filters_and_schemas() -> None:

@@ -7,11 +7,11 @@ in SQL too. Every table is of type ``TABLE`` and has no keys.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 
+from ematix_flow.errors import ProtocolError
 from ematix_flow.flightsql.protocol import CommandGetDbSchemas, CommandGetTables
 
 CATALOG = "datafusion"
@@ -44,7 +44,7 @@ PRIMARY_KEYS_SCHEMA = pa.schema(
 )
 FOREIGN_KEYS_SCHEMA = pa.schema(
     [
-        pa.field(f"{side}_{part}", pa.utf8(), part in ("table_name", "column_name"))
+        pa.field(f"{side}_{part}", pa.utf8(), part not in ("table_name", "column_name"))  # nullable
         for side in ("pk", "fk")
         for part in ("catalog_name", "db_schema_name", "table_name", "column_name")
     ]
@@ -123,17 +123,35 @@ def sql_info_table(known: Mapping[int, tuple[int, object]], asked: Sequence[int]
 
 
 # ------------------------------------------------------------------------------- catalog
-def like(pattern: str | None) -> re.Pattern[str] | None:
-    """A Flight SQL filter pattern (``%``: any text, ``_``: one character) as a regex; None matches all."""
+#: The longest filter pattern taken (names are short; this bounds the matcher's work).
+MAX_PATTERN_CHARS = 256
+
+
+def like(pattern: str | None, value: str) -> bool:
+    """Whether ``value`` matches a Flight SQL filter pattern (``%``: any text, ``_``: one character).
+
+    None matches everything. A greedy two-pointer match, linear in practice and never worse than
+    ``len(pattern) * len(value)``: a regex would backtrack exponentially on patterns like ``%%%...z``.
+    """
     if pattern is None:
-        return None
-    parts = [".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern]
-    return re.compile("".join(parts), re.DOTALL)
-
-
-def _matches(pattern: str | None, value: str) -> bool:
-    compiled = like(pattern)
-    return compiled is None or compiled.fullmatch(value) is not None
+        return True
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise ProtocolError(
+            f"a filter pattern of {len(pattern)} characters (the limit is {MAX_PATTERN_CHARS})"
+        )
+    p = v = 0
+    star, resume = -1, 0  # the last % seen, and where in value its match ends for now
+    while v < len(value):
+        if p < len(pattern) and pattern[p] != "%" and (pattern[p] == "_" or pattern[p] == value[v]):
+            p, v = p + 1, v + 1
+        elif p < len(pattern) and pattern[p] == "%":
+            star, resume, p = p, v, p + 1
+        elif star >= 0:  # let the last % take one more character
+            resume += 1
+            p, v = star + 1, resume
+        else:
+            return False
+    return all(c == "%" for c in pattern[p:])
 
 
 def catalogs() -> pa.Table:
@@ -143,7 +161,7 @@ def catalogs() -> pa.Table:
 
 def db_schemas(cmd: CommandGetDbSchemas) -> pa.Table:
     """``CommandGetDbSchemas``: the one schema, if the filters let it through."""
-    n = 1 if cmd.catalog in (None, CATALOG) and _matches(cmd.db_schema_filter_pattern, SCHEMA) else 0
+    n = 1 if cmd.catalog in (None, CATALOG) and like(cmd.db_schema_filter_pattern, SCHEMA) else 0
     return pa.table({"catalog_name": [CATALOG] * n, "db_schema_name": [SCHEMA] * n}, schema=DB_SCHEMAS_SCHEMA)
 
 
@@ -151,10 +169,10 @@ def tables(cmd: CommandGetTables, found: Mapping[str, pa.Schema]) -> pa.Table:
     """``CommandGetTables``: the tables that pass the filters, by name, with schemas when asked."""
     ok = (
         cmd.catalog in (None, CATALOG)
-        and _matches(cmd.db_schema_filter_pattern, SCHEMA)
+        and like(cmd.db_schema_filter_pattern, SCHEMA)
         and (not cmd.table_types or TABLE_TYPE in cmd.table_types)
     )
-    names = sorted(n for n in found if _matches(cmd.table_name_filter_pattern, n)) if ok else []
+    names = sorted(n for n in found if like(cmd.table_name_filter_pattern, n)) if ok else []
     columns: dict[str, list[object]] = {
         "catalog_name": [CATALOG] * len(names),
         "db_schema_name": [SCHEMA] * len(names),

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 
 import pyarrow as pa
@@ -50,6 +52,8 @@ log = logging.getLogger(__name__)
 
 #: The largest Flight SQL command (it carries the SQL text) and action body taken.
 MAX_COMMAND_BYTES = 1 << 20
+#: Session ids offered and remembered; a cookie naming another one gets no session of its own.
+MAX_ISSUED_SESSIONS = 10_000
 #: Actions served, with what they do (also listed by ``list_actions``).
 ACTIONS = {
     "CreatePreparedStatement": "Flight SQL: prepare a statement (ActionCreatePreparedStatementRequest)",
@@ -93,11 +97,24 @@ class SessionCookies(flight.ServerMiddlewareFactory):  # type: ignore[misc]
     Only Flight SQL's entry points (GetFlightInfo, GetSchema) offer one, so mesh traffic carries none.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._issued: OrderedDict[str, None] = OrderedDict()  # the newest MAX_ISSUED_SESSIONS offers
+        self._lock = threading.Lock()
+
     def start_call(self, info: flight.CallInfo, headers: Mapping[str, list[str]]) -> flight.ServerMiddleware:
-        """The session of this call."""
+        """The session of this call: a cookie this worker issued, else none (and an offer)."""
         sid = session_from_cookies(list(headers.get("cookie", [])))
-        entry = info.method in (flight.FlightMethod.GET_FLIGHT_INFO, flight.FlightMethod.GET_SCHEMA)
-        return _SessionCall(sid, "" if sid or not entry else secrets.token_hex(16))
+        with self._lock:
+            if sid not in self._issued:
+                sid = ""  # not ours (made up, or from before a restart): no session of its own
+            entry = info.method in (flight.FlightMethod.GET_FLIGHT_INFO, flight.FlightMethod.GET_SCHEMA)
+            offer = "" if sid or not entry else secrets.token_hex(16)
+            if offer:
+                self._issued[offer] = None
+                while len(self._issued) > MAX_ISSUED_SESSIONS:
+                    self._issued.popitem(last=False)
+        return _SessionCall(sid, offer)
 
 
 class _SessionCall(flight.ServerMiddleware):  # type: ignore[misc]

@@ -43,6 +43,7 @@ STATEMENT_TTL = 600.0  # seconds an unfetched statement or an unused prepared st
 SESSION_TTL = 3600.0  # seconds an idle session keeps its tables
 MAX_HANDLES = 256  # statements and prepared statements one identity may hold at once
 MAX_OWN_MESHES = 32  # sessions with tables of their own (each plans on a Mesh of its own)
+MAX_OWN_MESHES_PER_IDENTITY = 8  # of those, per certificate identity: one client cannot take them all
 MAX_SESSION_TABLES = 256
 EMPTY = pa.schema([])
 
@@ -170,7 +171,7 @@ class Gateway:
         if create is not None:
             self.policy.check_path(create.location, f"CREATE EXTERNAL TABLE {create.name}")
             return EMPTY, create
-        return self._mesh(self._session(key)).schema(sql, read_only=True), None
+        return _plain_schema(self._mesh(self._session(key)).schema(sql, read_only=True)), None
 
     def execute(self, key: SessionKey, sql: str) -> Statement:
         """Plan ``sql`` to run it now (a CREATE EXTERNAL TABLE registers its table here and now)."""
@@ -236,18 +237,26 @@ class Gateway:
         if len(session.tables) >= MAX_SESSION_TABLES:
             raise QueryError(f"this session holds {MAX_SESSION_TABLES} tables already: open a new session")
         table = Table(name, create.kind, str(Path(create.location)))
-        if session.mesh is None:
+        made = session.mesh is None
+        if made:
             with self._lock:
-                owners = sum(1 for s in self._sessions.values() if s.mesh is not None)
-            if owners >= MAX_OWN_MESHES:
+                owners = [s for s in self._sessions.values() if s.mesh is not None]
+            mine = sum(1 for s in owners if s.key[0] == session.key[0])
+            if len(owners) >= MAX_OWN_MESHES or mine >= MAX_OWN_MESHES_PER_IDENTITY:
                 raise QueryError(
-                    f"{owners} sessions hold tables of their own on this worker: close one (or wait "
-                    f"{self.session_ttl:.0f} s for idle ones to expire)"
+                    f"{mine} of your sessions ({len(owners)} in all) hold tables of their own on this "
+                    f"worker (at most {MAX_OWN_MESHES_PER_IDENTITY} per client, {MAX_OWN_MESHES} in all): "
+                    f"close one, or wait {self.session_ttl:.0f} s for idle ones to expire"
                 )
             session.mesh = self._new_mesh()
+        mesh = session.mesh
+        assert mesh is not None
         try:
-            table.register(session.mesh)
+            table.register(mesh)
         except ConfigError as exc:
+            if made:  # a Mesh that holds nothing must not count against the limits
+                mesh.close()
+                session.mesh = None
             raise QueryError(str(exc)) from exc
         session.tables[name] = table
         log.info(
@@ -294,6 +303,16 @@ class Gateway:
                 mesh.close()
             except FlowError as exc:
                 log.info("closing a gateway mesh: %s", exc)
+
+
+def _plain_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with dictionary columns as their value type.
+
+    A Flight SQL result is streamed without dictionary batches (``GeneratorStream`` sends none), so
+    dictionary columns are decoded on the way out.
+    """
+    fields = [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema]
+    return pa.schema(fields, metadata=schema.metadata)
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:

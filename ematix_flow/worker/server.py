@@ -385,7 +385,7 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         A bad ticket gets a one-line Flight error.
         """
         self._authorize(context, "do_get")
-        if len(ticket.ticket) <= MAX_TICKET_BYTES and is_flight_sql(ticket.ticket):
+        if len(ticket.ticket) <= MAX_COMMAND_BYTES and is_flight_sql(ticket.ticket):  # a command's own ticket
             return self._sql_call("DoGet", lambda: self.flight_sql.stream(context, ticket.ticket))
         try:
             if len(ticket.ticket) > MAX_TICKET_BYTES:
