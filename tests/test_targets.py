@@ -548,3 +548,22 @@ def test_open_target_parquet(tmp_path: Path) -> None:
     parquet = pytest.importorskip("ematix_flow.pipelines.targets.parquet")
     target = open_target("parquet", path="out/orders", table=None, dsn=None, base_dir=tmp_path)
     assert isinstance(target, parquet.ParquetTarget)
+
+
+@pytest.mark.parametrize("kind", ["duckdb", "postgres"])
+def test_values_that_do_not_fit_an_existing_column_are_refused(
+    request: pytest.FixtureRequest, tmp_path: Path, kind: str
+) -> None:
+    target: Any
+    if kind == "postgres":
+        target = PostgresTarget(request.getfixturevalue("postgres_db"), "fit")
+    else:
+        target = DuckDBTarget(tmp_path / "w.duckdb", "fit")
+    first = pa.table({"id": pa.array([1, 2], pa.int64()), "v": pa.array([10, 20], pa.int64())})
+    target.load(first, "append", [], record("append"))
+    # whole floats fit the BIGINT column; 1.6 does not (a database would round it silently)
+    target.load(pa.table({"id": [3], "v": [30.0]}), "append", [], record("append"))
+    with pytest.raises(
+        LoadError, match=r"column 'v': the result's double values do not fit the table's int64"
+    ):
+        target.load(pa.table({"id": [4], "v": [1.6]}), "merge", ["id"], record("merge"))

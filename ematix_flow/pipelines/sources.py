@@ -319,7 +319,7 @@ def _read_postgres(name: str, spec: SourceLike) -> pa.Table:
         raise _failed(name, spec, exc, isinstance(exc, psycopg.errors.UndefinedTable)) from exc
     finally:
         con.close()
-    kinds = [_postgres_type(c.type_code, c.precision, c.scale) for c in description]
+    kinds = [postgres_arrow_type(c.type_code, c.precision, c.scale) for c in description]
     return _table(name, [c.name for c in description], kinds, rows)
 
 
@@ -347,7 +347,7 @@ _POSTGRES_TYPES: dict[str, pa.DataType] = {
 }
 
 
-def _postgres_type(oid: int, precision: int | None, scale: int | None) -> pa.DataType | None:
+def postgres_arrow_type(oid: int, precision: int | None, scale: int | None) -> pa.DataType | None:
     """The Arrow type of a PostgreSQL result column; None: from the values."""
     from psycopg import postgres
 

@@ -104,6 +104,10 @@ class _DuckDBSession(Session):
         ).fetchall()
         return [str(row[0]) for row in rows]
 
+    def arrow_types(self, table: TableName) -> dict[str, pa.DataType]:
+        result = self._conn.execute(f"SELECT * FROM {table.sql()} LIMIT 0").arrow()
+        return {f.name: f.type for f in result.schema}
+
     def stage(self, data: pa.Table, types: Sequence[str]) -> None:
         self._conn.register(STAGE, data)
         self._staged = True

@@ -120,6 +120,15 @@ class _PostgresSession(Session):
         ).fetchall()
         return [str(row[0]) for row in rows]
 
+    def arrow_types(self, table: TableName) -> dict[str, pa.DataType]:
+        from ematix_flow.pipelines.sources import postgres_arrow_type
+
+        cursor = self._conn.execute(f"SELECT * FROM {table.sql()} LIMIT 0")
+        found = {
+            c.name: postgres_arrow_type(c.type_code, c.precision, c.scale) for c in cursor.description or ()
+        }
+        return {name: kind for name, kind in found.items() if kind is not None}
+
     def stage(self, data: pa.Table, types: Sequence[str]) -> None:
         names = data.column_names
         columns = ", ".join(f"{quote(name)} {t}" for name, t in zip(names, types, strict=True))

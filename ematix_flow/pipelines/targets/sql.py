@@ -149,6 +149,34 @@ class Session(ABC):
     def stage(self, data: pa.Table, types: Sequence[str]) -> None:
         """Make ``data`` readable as the table :data:`STAGE` (of SQL ``types``) in this transaction."""
 
+    def arrow_types(self, table: TableName) -> dict[str, pa.DataType]:
+        """The Arrow type of each column of an existing ``table``, where the database says (else none)."""
+        return {}
+
+
+def fit_columns(data: pa.Table, existing: Mapping[str, pa.DataType], where: str) -> pa.Table:
+    """``data`` with each column cast to the existing table's type of it, refusing any lossy cast.
+
+    A database casts silently on INSERT (DuckDB rounds 1.6 into a BIGINT column to 2): a result whose
+    types drifted from the table's must fail instead.
+    """
+    columns, changed = [], False
+    for field_ in data.schema:
+        column = data.column(field_.name)
+        target = existing.get(field_.name)
+        if target is not None and target != field_.type:
+            try:
+                column = column.cast(target, safe=True)
+                changed = True
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise LoadError(
+                    f"{where}: column {field_.name!r}: the result's {field_.type} values do not fit the "
+                    f"table's {target} column ({one_line(exc)}): cast them in the SQL, or load into a "
+                    "new table"
+                ) from exc
+        columns.append(column)
+    return pa.table(columns, names=data.column_names) if changed else data
+
 
 # ------------------------------------------------------------------------------ the target
 class SQLTarget(ABC):
@@ -260,8 +288,12 @@ class SQLTarget(ABC):
             staged_types = [*types, self.type_names["text"]]
 
         def write(session: Session) -> RunRecord:
+            nonlocal staged, staged_types
             self._ensure_history(session)
             self._ensure_table(session, rows.column_names, types, mode)
+            fitted = fit_columns(staged, session.arrow_types(self.table), where)
+            if fitted is not staged:  # values cast, losslessly, to the existing table's types
+                staged, staged_types = fitted, column_types(fitted.schema, self.type_names, where)
             session.stage(staged, staged_types)
             counts = self._apply(session, mode, keys, rows, run.started)
             done = dataclasses.replace(
