@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import ssl
 import subprocess
 import threading
@@ -25,7 +24,7 @@ import pyarrow as pa
 import pytest
 from datafusion import udf
 from prometheus_client.parser import text_string_to_metric_families
-from support import HOSTS, READY, TASK_TIMEOUT, clean_env, executable, flow_worker, wait_until
+from support import HOSTS, READY, TASK_TIMEOUT, clean_env, executable, flow_worker, free_ports, wait_until
 
 from ematix_flow import Mesh, TLSConfig, tpch
 from ematix_flow.coordinator_lib.local import LocalWorker, spawn_worker
@@ -78,17 +77,6 @@ def ok(url: str) -> Any:
     return body
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One CA: workers w1..w3, the submitter alice, and an intruder no worker allows."""
@@ -103,7 +91,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def peers(certs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Peer]]:
     """Three workers started together, each with the other two as --peers, serving HTTP on loopback."""
     work = tmp_path_factory.mktemp("http-work")
-    ports = _free_ports(3)
+    ports = free_ports(3)
     addresses = [f"127.0.0.1:{p}" for p in ports]
     allow = [f for n in [*NAMES, "alice"] for f in ("--allow-peer", n)]
 

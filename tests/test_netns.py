@@ -384,8 +384,10 @@ def test_shuffle_between_workers_crosses_the_bridge_as_tls(run: Run) -> None:
     for (src, dst), d in between.items():
         pair = frozenset((src[0], dst[0]))
         per_pair[pair] = per_pair.get(pair, 0) + len(d.stream()[0])
-    # every two workers exchanged shuffle data over the bridge (not just the few KB of a hello)
-    assert len(per_pair) == 3 and all(n > MIN_SHUFFLE_BYTES for n in per_pair.values()), (
+    # workers exchanged shuffle data over the bridge (not just the few KB of a hello). Not every pair
+    # does in every run: once, under a full CI load, one pair carried 21 MB and the other two 15 and
+    # 41 KB (answers still right), so what is asserted is that some pair moved real shuffle data.
+    assert per_pair and max(per_pair.values()) > MIN_SHUFFLE_BYTES, (
         f"too little traffic between workers (bytes per pair): {per_pair}"
     )
     assert run.fetched_by_workers > 0  # the workers' own account: they fetched their inputs over Flight
