@@ -40,6 +40,10 @@ class QueryTimeoutError(FlowError):
     """A query ran longer than its timeout; its tasks were cancelled on every peer."""
 
 
+class QueryCancelledError(FlowError):
+    """A query was stopped on request (its client went away); its tasks were cancelled on every peer."""
+
+
 class QueryError(FlowError):
     """The SQL is invalid or references something that does not exist (not retried)."""
 

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from adbc_driver_flightsql import DatabaseOptions
 from prometheus_client.parser import text_string_to_metric_families
-from support import HOSTS, TASK_TIMEOUT, peer_mesh, ran_tasks, worker_action
+from support import HOSTS, TASK_TIMEOUT, peer_mesh, ran_tasks, wait_until, worker_action
 
 from ematix_flow import TLSConfig, tpch
 from ematix_flow.compare import compare_tables, query_is_ordered
@@ -345,6 +345,28 @@ def test_dictionary_columns_arrive_decoded(conn: Any) -> None:
     assert pa.types.is_string(table.schema.field("d").type) or pa.types.is_string_view(
         table.schema.field("d").type
     )
+
+
+def test_a_client_that_goes_away_stops_its_query_on_every_peer(
+    client: flight.FlightClient, workers: list[LocalWorker], certs: Path
+) -> None:
+    # a nested-loop join that streams batches for hours: the client gives up after 2 s
+    slow = (
+        "SELECT a.l_orderkey FROM lineitem a JOIN lineitem b "
+        "ON (a.l_orderkey * 7 + b.l_orderkey) % 100000 = 0"
+    )
+    info = client.get_flight_info(
+        flight.FlightDescriptor.for_command(CommandStatementQuery(query=slow).pack()), CALL
+    )
+    with pytest.raises(flight.FlightTimedOutError):
+        client.do_get(info.endpoints[0].ticket, flight.FlightCallOptions(timeout=2)).read_all()
+
+    def idle() -> bool:
+        return all(
+            PeerInfo.from_bytes(worker_action(w.address, certs, "hello")).tasks_running == 0 for w in workers
+        )
+
+    wait_until(idle, 20, "every peer stopped the abandoned query's tasks")
 
 
 def test_zz_flight_sql_calls_are_counted(workers: list[LocalWorker], certs: Path) -> None:

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +34,7 @@ from ematix_flow.errors import (
     FlowError,
     PeerMismatchError,
     PeerUnreachableError,
+    QueryCancelledError,
     QueryTimeoutError,
     TaskFailedError,
 )
@@ -52,6 +53,8 @@ MAX_REPLANS = 3
 
 #: A peer found down is asked again (with a short hello) after this many seconds.
 RECHECK_SECONDS = 5.0
+#: How often a query with a ``stop`` callback checks it while its stages run.
+STOP_POLL_SECONDS = 0.25
 #: After a cancel, how long running tasks get to stop before the query's files are released anyway.
 CANCEL_WAIT_SECONDS = 10.0
 RECHECK_TIMEOUT = 2.0
@@ -414,13 +417,21 @@ class Mesh:
         return pa.Table.from_batches(batches, schema=batches[0].schema)
 
     def sql_batches(
-        self, sql: str, *, timeout: float | None = None, progress: ProgressHook | None = None
+        self,
+        sql: str,
+        *,
+        timeout: float | None = None,
+        progress: ProgressHook | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> Generator[pa.RecordBatch, None, None]:
         """Run ``sql`` on the mesh and yield the result batch by batch (``progress``: as for ``sql``).
 
         Close the generator (or the Mesh) to stop early: either releases the query's files on the peers.
+        ``stop`` is polled while stages run (every ``STOP_POLL_SECONDS``): once it returns True the
+        query's tasks are cancelled on every peer and QueryCancelledError is raised (a Flight SQL
+        gateway passes "has the client gone").
         """
-        return self._batches(sql, [], timeout, progress)
+        return self._batches(sql, [], timeout, progress, stop)
 
     def _batches(
         self,
@@ -428,6 +439,7 @@ class Mesh:
         schema_out: list[pa.Schema],
         timeout: float | None = None,
         hook: ProgressHook | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> Generator[pa.RecordBatch, None, None]:
         if self._closed:
             raise ConfigError("this Mesh is closed: open a new one")
@@ -469,7 +481,7 @@ class Mesh:
             progress = _Progress(hook, state, report, t0)
             self._open[query_id] = set(self.peers)
             try:
-                first, rest = self._start(state, planned, deadline, progress)
+                first, rest = self._start(state, planned, deadline, progress, stop)
                 break
             except BaseException as exc:
                 self._finish(report, state, t0)
@@ -538,7 +550,12 @@ class Mesh:
             self.last_run = report
 
     def _start(
-        self, state: QueryState, planned: PlannedQuery, deadline: float | None, progress: _Progress
+        self,
+        state: QueryState,
+        planned: PlannedQuery,
+        deadline: float | None,
+        progress: _Progress,
+        stop: Callable[[], bool] | None = None,
     ) -> tuple[pa.RecordBatch | None, Generator[pa.RecordBatch, None, None]]:
         """Run every stage but the root, then start the root: its first batch and the rest.
 
@@ -547,7 +564,7 @@ class Mesh:
         """
         root = planned.graph.root
         while True:
-            self._run_stages(state, planned, deadline, progress)
+            self._run_stages(state, planned, deadline, progress, stop)
             state.root_started()
             progress()
             try:
@@ -585,7 +602,12 @@ class Mesh:
         self._release(report.query_id)
 
     def _run_stages(
-        self, state: QueryState, planned: PlannedQuery, deadline: float | None, progress: _Progress
+        self,
+        state: QueryState,
+        planned: PlannedQuery,
+        deadline: float | None,
+        progress: _Progress,
+        stop: Callable[[], bool] | None = None,
     ) -> None:
         running: dict[Future[bytes], Assignment] = {}
         try:
@@ -609,7 +631,14 @@ class Mesh:
                         f"query timed out with {len(running)} tasks still running: its tasks were cancelled "
                         "(give it more time with --timeout / Mesh.sql(..., timeout=))"
                     )
+                if stop is not None:
+                    left = STOP_POLL_SECONDS if left is None else min(left, STOP_POLL_SECONDS)
                 done, _ = wait(running, timeout=left, return_when=FIRST_COMPLETED)
+                if stop is not None and stop():
+                    raise QueryCancelledError(
+                        f"query {state.query_id} was stopped with {len(running)} tasks running: they were "
+                        "cancelled on every peer"
+                    )
                 for fut in done:
                     a = running.pop(fut)
                     try:

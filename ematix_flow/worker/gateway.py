@@ -275,7 +275,7 @@ class Gateway:
         mesh = self._mesh(session)
         with self._lock:
             session.streams += 1
-        batches = mesh.sql_batches(statement.sql)
+        batches = mesh.sql_batches(statement.sql, stop=cancelled)  # a client gone stops the stages too
         try:
             for batch in batches:
                 if cancelled():
