@@ -7,8 +7,9 @@ next run starts from the last committed watermark: no duplicates, no gaps.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 import pyarrow as pa
@@ -79,3 +80,21 @@ class Target(Protocol):
 
     def record_failure(self, run: RunRecord) -> None:
         """Append a failed run to ``run_history`` (its own transaction; best effort, never raises)."""
+
+
+def adopt(run: RunRecord, done: RunRecord) -> RunRecord:
+    """Copy what a committed load filled in (``done``) into the caller's ``run``; return ``run``."""
+    for f in dataclasses.fields(run):
+        setattr(run, f.name, getattr(done, f.name))
+    return run
+
+
+def failed_record(run: RunRecord, target_table: str) -> RunRecord:
+    """``run`` as the failed row ``record_failure`` appends to the history."""
+    return dataclasses.replace(
+        run,
+        target_table=target_table,
+        status="failed",
+        ended=run.ended or datetime.now(UTC),
+        error=run.error or "failed (no message recorded)",
+    )

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import duckdb
 import pyarrow as pa
 
-from ematix_flow.pipelines.targets.sql import STAGE, Session, SQLTarget, TableName
+from ematix_flow.pipelines.targets.sql import STAGE, Session, SQLTarget, TableName, database_file
 
 #: Arrow categories (see ``sql.category``) to DuckDB types.
 DUCKDB_TYPES: dict[str, str] = {
@@ -58,10 +58,8 @@ class DuckDBTarget(SQLTarget):
         return f"duckdb {self.path} table {self.table}"
 
     def _open(self, *, create: bool) -> Session | None:
-        if not self.path.exists():
-            if not create:
-                return None
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not database_file(self.path, create):
+            return None
         return _DuckDBSession(duckdb.connect(str(self.path)))
 
 

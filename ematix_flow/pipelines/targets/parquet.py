@@ -60,7 +60,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ematix_flow.errors import ConfigError, FlowError, LoadError
-from ematix_flow.pipelines.targets.base import LoadMode, RunRecord, Watermark
+from ematix_flow.pipelines.targets.base import LoadMode, RunRecord, Watermark, adopt, failed_record
 
 _log = logging.getLogger(__name__)
 
@@ -162,19 +162,11 @@ class ParquetTarget:
                 f"{self.describe()}: {mode} failed: {exc.strerror or exc} ({exc.filename}); nothing was "
                 "written (fix the path, permissions or free space and run again)"
             ) from exc
-        for f in dataclasses.fields(run):
-            setattr(run, f.name, getattr(done, f.name))
-        return run
+        return adopt(run, done)
 
     def record_failure(self, run: RunRecord) -> None:
         """Append ``run`` as failed to the history (creating the folder if needed); never raises."""
-        failed = dataclasses.replace(
-            run,
-            target_table=str(self.path),
-            status="failed",
-            ended=run.ended or datetime.now(UTC),
-            error=run.error or "failed (no message recorded)",
-        )
+        failed = failed_record(run, str(self.path))
         try:
             with self._locked():
                 self._recover()

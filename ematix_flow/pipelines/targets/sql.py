@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar, get_args
 
 import pyarrow as pa
@@ -32,6 +33,8 @@ from ematix_flow.pipelines.targets.base import (
     LoadMode,
     RunRecord,
     Watermark,
+    adopt,
+    failed_record,
 )
 from ematix_flow.pipelines.targets.rows import (
     check_keys,
@@ -97,6 +100,15 @@ class TableName:
 
     def __str__(self) -> str:
         return f"{self.schema}.{self.name}" if self.schema else self.name
+
+
+def database_file(path: Path, create: bool) -> bool:
+    """Whether a file database may be opened at ``path``: it exists, or may be made (its folder is)."""
+    if path.exists():
+        return True
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return create
 
 
 def utc_text(moment: datetime) -> str:
@@ -309,19 +321,11 @@ class SQLTarget(ABC):
             return done
 
         done = self._transaction(write, f"{mode} load")
-        for f in dataclasses.fields(run):
-            setattr(run, f.name, getattr(done, f.name))
-        return run
+        return adopt(run, done)
 
     def record_failure(self, run: RunRecord) -> None:
         """Append ``run`` as failed to the history, in its own transaction; log, never raise, on error."""
-        failed = dataclasses.replace(
-            run,
-            target_table=str(self.table),
-            status="failed",
-            ended=run.ended or datetime.now(UTC),
-            error=run.error or "failed (no message recorded)",
-        )
+        failed = failed_record(run, str(self.table))
 
         def write(session: Session) -> None:
             self._ensure_history(session)

@@ -23,6 +23,7 @@ from ematix_flow.pipelines.targets.sql import (
     Session,
     SQLTarget,
     TableName,
+    database_file,
     quote,
     utc_text,
 )
@@ -68,10 +69,8 @@ class SQLiteTarget(SQLTarget):
         return f"sqlite {self.path} table {self.table}"
 
     def _open(self, *, create: bool) -> Session | None:
-        if not self.path.exists():
-            if not create:
-                return None
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not database_file(self.path, create):
+            return None
         return _SQLiteSession(sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None))
 
     def _timestamp_literal(self, moment: datetime) -> str:
