@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import pytest
 from support import local_mesh, spawned_workers, wait_until
 
 from bench.faults import kill_one
-from ematix_flow import Mesh, PeerUnreachableError, TLSConfig, tpch
+from ematix_flow import Mesh, PeerUnreachableError, TLSConfig, TLSError, tpch
 from ematix_flow.compare import compare_tables, query_is_ordered
 from ematix_flow.coordinator_lib.local import spawn_worker
 from ematix_flow.transport.flight import ClientPool
@@ -178,3 +179,39 @@ def test_a_worker_knows_which_of_its_peers_are_down(certs_dir: Path, tmp_path: P
         pool.close()
         watcher.stop()
         other.stop()
+
+
+def test_a_peer_that_dies_mid_handshake_is_unreachable_not_misconfigured(
+    certs_dir: Path, tmp_path: Path
+) -> None:
+    # a killed worker's port can still accept and drop connections for a moment (or another process
+    # takes it): gRPC then reports a failed TLS handshake. For a peer that answered before, that is a
+    # dead peer (retried elsewhere), not wrong certificates (which would fail the whole query).
+    worker = spawn_worker(certs_dir, tmp_path)
+    pool = ClientPool(TLSConfig.from_dir(certs_dir))
+    try:
+        assert pool.action(worker.address, "hello", b"", 10)
+        port = int(worker.address.rsplit(":", 1)[1])
+        worker.stop()
+        with socket.create_server(("127.0.0.1", port)) as dropper:
+            threading.Thread(target=lambda: _drop_connections(dropper), daemon=True).start()
+            with pytest.raises(PeerUnreachableError, match="it answered before"):
+                pool.action(worker.address, "hello", b"", 10)
+            fresh = ClientPool(TLSConfig.from_dir(certs_dir))  # never heard from it: it may be misconfigured
+            try:
+                with pytest.raises(TLSError, match="TLS handshake"):
+                    fresh.action(worker.address, "hello", b"", 10)
+            finally:
+                fresh.close()
+    finally:
+        pool.close()
+        worker.stop()
+
+
+def _drop_connections(server: socket.socket) -> None:
+    while True:
+        try:
+            conn, _ = server.accept()
+        except OSError:  # the test closed the server
+            return
+        conn.close()

@@ -85,6 +85,7 @@ class ClientPool:
         self._tls = tls
         self._clients: dict[str, flight.FlightClient] = {}
         self._lock = threading.Lock()
+        self._answered: set[str] = set()  # peers that completed a call: their TLS material is right
 
     def get(self, address: str) -> flight.FlightClient:
         """The client for ``address`` (created on first use)."""
@@ -109,7 +110,8 @@ class ClientPool:
         try:
             results = list(self.get(address).do_action(flight.Action(name, body), options))
         except (flight.FlightError, OSError, pa.ArrowException) as exc:
-            raise translate(exc, address, name) from exc
+            raise self._failed(exc, address, name) from exc
+        self._answered.add(address)
         if not results:
             return b""
         return bytes(results[0].body.to_pybytes())
@@ -122,7 +124,25 @@ class ClientPool:
             for chunk in reader:
                 yield chunk.data
         except (flight.FlightError, OSError, pa.ArrowException) as exc:
-            raise translate(exc, address, "fetching shuffle data") from exc
+            raise self._failed(exc, address, "fetching shuffle data") from exc
+        self._answered.add(address)
+
+    def _failed(self, exc: BaseException, address: str, what: str) -> FlowError:
+        """``translate``, knowing which peers answered before.
+
+        A peer that completed calls over TLS and now cannot even connect died mid-handshake (gRPC
+        then names the handshake): it is unreachable, not misconfigured.
+        """
+        error = translate(exc, address, what)
+        died = isinstance(exc, flight.FlightUnavailableError) and address in self._answered
+        if isinstance(error, TLSError) and died:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return PeerUnreachableError(
+                f"peer {address} is unreachable while {what} ({first[:120]}): it answered before, "
+                "so it has stopped or restarted",
+                peer=address,
+            )
+        return error
 
     def close(self) -> None:
         """Close every client."""
