@@ -42,7 +42,7 @@ from netns import (
     tls_records,
     unavailable,
 )
-from support import TASK_TIMEOUT, clean_env, executable
+from support import TASK_TIMEOUT, clean_env, executable, wait_until
 
 from ematix_flow import Mesh, tpch
 from ematix_flow.compare import compare_tables, query_is_ordered
@@ -234,6 +234,7 @@ class Run:
     drops: int
     workers: set[str]
     submitter: str
+    peers_used: dict[int, list[str]]  # per query, the peers its tasks ran on (for failure messages)
 
 
 @pytest.fixture(scope="module")
@@ -270,8 +271,12 @@ def run(
     fetched = 0
     tls = TLSConfig.from_dir(certs, "submitter")
     peers = [w.address for w in workers]
+    used: dict[int, list[str]] = {}
     with Mesh(peers, tls, local_reads=False, min_task_bytes=1, task_timeout=TASK_TIMEOUT) as mesh:
         tpch.register_all(mesh, tpch_data)
+        # a peer slow to answer the first hello on a loaded machine is marked down and asked again
+        # a few seconds later: wait for all three, so that every query spreads over the bridge
+        wait_until(lambda: _all_alive(mesh), 30, "the submitter sees all three workers")
         for q in QUERIES:
             try:
                 answers[q] = mesh.sql(tpch.query(q))
@@ -280,6 +285,7 @@ def run(
                 continue
             report = mesh.last_run
             assert report is not None
+            used[q] = sorted(report.peers_used)
             fetched += sum(t.fetched_bytes for s in report.stages[:-1] for t in s.tasks)
     frames, drops = capture.stop()
     return Run(
@@ -290,7 +296,15 @@ def run(
         drops,
         {h.address for h in topology.hosts},
         topology.bridge_address,
+        used,
     )
+
+
+def _all_alive(mesh: Mesh) -> bool:
+    """Whether the submitter counts every worker alive (a quick hello re-asks the ones it does not)."""
+    if len(mesh.peers_alive) < len(mesh.peers):
+        mesh.peer_info.update(mesh._hello(5.0, [p for p in mesh.peers if p not in mesh.peers_alive]))
+    return len(mesh.peers_alive) == len(mesh.peers)
 
 
 _CANARY_SERVER = """
@@ -388,7 +402,7 @@ def test_shuffle_between_workers_crosses_the_bridge_as_tls(run: Run) -> None:
     # does in every run: once, under a full CI load, one pair carried 21 MB and the other two 15 and
     # 41 KB (answers still right), so what is asserted is that some pair moved real shuffle data.
     assert per_pair and max(per_pair.values()) > MIN_SHUFFLE_BYTES, (
-        f"too little traffic between workers (bytes per pair): {per_pair}"
+        f"too little traffic between workers (bytes per pair): {per_pair}; peers per query: {run.peers_used}"
     )
     assert run.fetched_by_workers > 0  # the workers' own account: they fetched their inputs over Flight
     contents = {t for d in between.values() for t in tls_records(d.stream()[0]).content_types}
