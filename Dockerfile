@@ -11,13 +11,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-# The package and its runtime dependencies only (no dev extras), then the two deployment helpers.
-# Only these paths are in the build context: see .dockerignore.
-COPY pyproject.toml README.md /tmp/src/
+# The package and its runtime dependencies only (no dev extras), at the versions of requirements-lock.txt
+# (the build tools too), then the two deployment helpers. Only these paths are in the build context:
+# see .dockerignore.
+COPY pyproject.toml README.md requirements-lock.txt /tmp/src/
 COPY ematix_flow /tmp/src/ematix_flow
 COPY deploy/healthcheck.py /usr/local/bin/flow-healthcheck
 COPY deploy/init_certs.py /usr/local/bin/flow-init-certs
-RUN pip install --no-cache-dir /tmp/src \
+RUN pip install --no-cache-dir --constraint /tmp/src/requirements-lock.txt pip setuptools wheel \
+    && pip install --no-cache-dir --constraint /tmp/src/requirements-lock.txt --no-build-isolation /tmp/src \
     && rm -rf /tmp/src \
     && chmod 0755 /usr/local/bin/flow-healthcheck /usr/local/bin/flow-init-certs \
     && flow --version && flow-worker --help > /dev/null

@@ -1,17 +1,21 @@
 # ematix-flow: the two set-up commands are `make demo` and `make test`.
+# Every install takes the exact versions in requirements-lock.txt (see "Dependency versions" in README.md).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements-lock.txt
+# pip with the lock as constraints; the package is built by the locked setuptools already in the venv
+PIP_LOCKED := $(BIN)/pip install --quiet --constraint $(LOCK)
 
-.PHONY: install demo test test-fast lint typecheck clean bench
+.PHONY: install demo test test-fast lint clean bench lock
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(PIP_LOCKED) pip setuptools wheel
+	$(PIP_LOCKED) --no-build-isolation -e '.[dev]'
 	touch $(STAMP)
 
 demo: install
@@ -28,9 +32,17 @@ lint: install
 	$(BIN)/ruff format --check ematix_flow tests bench examples
 	$(BIN)/mypy
 
+# Refresh the lock on purpose: the newest releases pyproject.toml's ranges allow, for every platform
+# and Python >= 3.11. Then `make test`, and read the diff of requirements-lock.txt before committing.
+lock: install
+	$(PIP_LOCKED) uv
+	$(BIN)/uv pip compile --quiet --upgrade --universal --python-version 3.11 --all-extras \
+		pyproject.toml requirements-tools.in -o $(LOCK)
+
 # TPC-H SF 1 on the mesh, DataFusion, DuckDB and PySpark (skipped with a note if it cannot install or start)
 bench: install
-	$(BIN)/pip install --quiet -e '.[bench,bench-spark]' || $(BIN)/pip install --quiet -e '.[bench]' \
+	$(PIP_LOCKED) --no-build-isolation -e '.[bench,bench-spark]' \
+		|| $(PIP_LOCKED) --no-build-isolation -e '.[bench]' \
 		|| echo "note: matplotlib/pyspark did not install: no chart, no pyspark"
 	$(BIN)/python -m bench tpch --sf 1 --engines mesh,mesh-adaptive,datafusion,duckdb,pyspark --workers 2 --runs 3 --out results/
 

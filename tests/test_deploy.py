@@ -344,6 +344,9 @@ def test_dockerfile_installs_the_package_without_dev_extras_and_the_helpers() ->
     runs = " ".join(args for kw, args in dockerfile_instructions() if kw == "RUN")
     assert "pip install --no-cache-dir" in runs
     assert "[dev]" not in runs and ".[" not in runs
+    # the locked versions, build tools included (no release can change what the image holds)
+    assert runs.count("--constraint /tmp/src/requirements-lock.txt") == runs.count("pip install"), runs
+    assert "--no-build-isolation" in runs
     for helper in HELPERS:
         assert helper in runs, f"{helper} is not made executable in the image"
     text = DOCKERFILE.read_text(encoding="utf-8")

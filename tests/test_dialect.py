@@ -5,6 +5,9 @@ what the source engine answers (DuckDB's own answer; Spark's computed by hand on
 from __future__ import annotations
 
 import datetime as dt
+import difflib
+import json
+import os
 import subprocess
 import sys
 from decimal import Decimal
@@ -16,6 +19,7 @@ import datafusion
 import duckdb
 import pyarrow as pa
 import pytest
+import sqlglot
 from click.testing import CliRunner
 
 from ematix_flow.cli import translate_cmd
@@ -155,6 +159,8 @@ DUCKDB = {
     "rollup": "SELECT region, count(*) AS n FROM orders GROUP BY ROLLUP (region) "
     "ORDER BY region NULLS LAST, n",
     "exclude": "SELECT * EXCLUDE (note, ts, price) FROM orders ORDER BY id",
+    "exclude_replace": "SELECT o.* EXCLUDE (note, ts, price, order_date) REPLACE (amount * 2 AS amount) "
+    "FROM orders o ORDER BY id",
     "casts": "SELECT ts::DATE AS d, CAST(price AS DECIMAL(10,2)) AS p, CAST(id AS VARCHAR) || 'x' AS s, "
     "1::HUGEINT AS h, 1::UBIGINT AS u, CAST('2026-01-02' AS DATE) + 1 AS n FROM orders ORDER BY id",
     "rounding_casts": "SELECT (amount / 3)::INTEGER AS a, avg(qty)::BIGINT AS b, 100.5::INTEGER AS c, "
@@ -402,6 +408,39 @@ def test_spark_sql_answers_what_spark_would_on_datafusion(name: str) -> None:
     assert datafusion_rows(translated) == [tuple(plain(v) for v in row) for row in expected], translated
 
 
+# ------------------------------------------------------------------------------------ golden text
+#: The DataFusion text of every case above, as checked against the answers with the locked sqlglot.
+GOLDEN = Path(__file__).parent / "data" / "dialect_translations.json"
+
+
+def translations() -> dict[str, str]:
+    cases = {f"duckdb/{name}": (sql, "duckdb") for name, sql in DUCKDB.items()}
+    cases |= {f"spark/{name}": (sql, "spark") for name, (sql, _) in SPARK.items()}
+    return {key: translate(sql, source) for key, (sql, source) in sorted(cases.items())}
+
+
+def test_every_translation_is_the_text_we_checked() -> None:
+    """A sqlglot that writes any case differently fails here, even where our small data still agrees.
+
+    Refresh on purpose (after `make lock` takes a new sqlglot, and the answer tests pass) with
+    FLOW_UPDATE_TRANSLATIONS=1 pytest tests/test_dialect.py.
+    """
+    actual = translations()
+    if os.environ.get("FLOW_UPDATE_TRANSLATIONS") == "1":
+        GOLDEN.write_text(json.dumps(actual, indent=2, sort_keys=True) + "\n")
+    expected = json.loads(GOLDEN.read_text())
+    changed = [key for key in sorted(expected.keys() | actual.keys()) if expected.get(key) != actual.get(key)]
+    diffs = [
+        "".join(difflib.unified_diff([expected.get(key, "") + "\n"], [actual.get(key, "") + "\n"], key, key))
+        for key in changed
+    ]
+    assert not changed, (
+        f"sqlglot {sqlglot.__version__} translates {len(changed)} case(s) differently from {GOLDEN.name}; "
+        "check what each now means in DataFusion, then refresh with FLOW_UPDATE_TRANSLATIONS=1:\n"
+        + "\n".join(diffs)
+    )
+
+
 def test_spark_timestamps_stay_without_a_time_zone() -> None:
     ctx = datafusion.SessionContext()
     sql = translate("SELECT CAST('2026-01-02 03:04:05' AS TIMESTAMP) AS t", "spark")
@@ -433,6 +472,8 @@ def test_spark_timestamps_stay_without_a_time_zone() -> None:
         ("duckdb", "PIVOT orders ON region USING sum(amount)", "only a query (SELECT ...) can be translated"),
         ("duckdb", "CREATE TABLE t (a INT)", "only a query (SELECT ...) can be translated, not CREATE"),
         ("spark", "SELECT 1; SELECT 2", "give exactly one spark query, not 2 statements"),
+        ("duckdb", "SELECT * ILIKE '%id' FROM orders", "* ILIKE is not supported (DataFusion would keep"),
+        ("duckdb", "SELECT * RENAME (id AS key) FROM orders", "* RENAME is not supported"),
     ],
 )
 def test_constructs_that_cannot_be_translated_are_named(source: str, sql: str, message: str) -> None:

@@ -479,9 +479,20 @@ def _unix_to_time(self: _DataFusionGenerator, e: exp.UnixToTime) -> str:
 class _DataFusionGenerator(PostgresGenerator):
     """PostgreSQL's generator, with what DataFusion spells differently."""
 
+    #: DataFusion reads ``* EXCLUDE (...)`` (PostgreSQL's generator refuses DuckDB's EXCLUDE).
+    STAR_EXCEPT = "EXCLUDE"
+
     def __init__(self, source: str, **options: Any) -> None:
         super().__init__(dialect="postgres", **options)
         self.source = source
+
+    def star_sql(self, expression: exp.Star) -> str:
+        """``*`` with EXCLUDE / REPLACE; ILIKE (DataFusion keeps every column) and RENAME refused."""
+        if expression.args.get("ilike"):
+            self.unsupported("* ILIKE is not supported (DataFusion would keep every column)")
+        if expression.args.get("rename"):
+            self.unsupported("* RENAME is not supported")
+        return super().star_sql(expression)
 
     TYPE_MAPPING: ClassVar = {
         **PostgresGenerator.TYPE_MAPPING,
