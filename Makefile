@@ -8,7 +8,7 @@ LOCK   := requirements-lock.txt
 # pip with the lock as constraints; the package is built by the locked setuptools already in the venv
 PIP_LOCKED := $(BIN)/pip install --quiet --constraint $(LOCK)
 
-.PHONY: install demo test test-fast lint clean bench lock
+.PHONY: install demo test test-unit test-fast lint clean bench lock
 
 install: $(STAMP)
 
@@ -21,11 +21,16 @@ $(STAMP): pyproject.toml $(LOCK)
 demo: install
 	$(BIN)/python -m ematix_flow.demo
 
+# The tiers (markers in pyproject.toml): `make test` is everything CI runs; `make test-unit` starts no
+# process and generates no data (seconds); `make test-fast` is all but the slow and TPC-DS ones.
 test: install
 	$(BIN)/pytest -q
 
+test-unit: install
+	$(BIN)/pytest -q -m "not integration and not data"
+
 test-fast: install
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow and not tpcds"
 
 lint: install
 	$(BIN)/ruff check ematix_flow tests bench examples

@@ -7,6 +7,7 @@ leaves neither processes nor temporary directories behind.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -85,3 +86,35 @@ def tpch_mesh(tpch_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         tpch.register_all(mesh, tpch_data)
         yield mesh
     shutil.rmtree(base, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------- test tiers
+#: Fixtures that generate benchmark data (with tpchgen / DuckDB): their tests are in the `data` tier.
+DATA_FIXTURES = frozenset({"tpch_data", "tiny", "tiny_tpch", "tpcds_data"})
+#: Session fixtures that start a server: their tests are `integration` wherever they are.
+PROCESS_FIXTURES = frozenset({"postgres_dsn", "postgres_db"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that use generated data `data`, and those that use a server `integration`.
+
+    `make test-unit` runs neither; the autouse guard below catches a test that starts a process itself.
+    """
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if DATA_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.data)
+        if PROCESS_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test not marked `integration` that starts a process fails, naming the marker it needs."""
+    if request.node.get_closest_marker("integration") is not None:
+        return
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(f"{request.node.nodeid} starts a process: mark it pytest.mark.integration")
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)

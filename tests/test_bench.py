@@ -156,6 +156,7 @@ def test_memory_peak_merge_and_sampler() -> None:
 
 
 @pytest.mark.skipif(pinning.pinning_problem({0}) is not None, reason="CPU pinning unavailable")
+@pytest.mark.integration
 def test_pin_process_pins_every_thread() -> None:
     code = (
         "import threading, time; [threading.Thread(target=time.sleep, args=(30,)).start() for _ in range(3)]"

@@ -207,6 +207,7 @@ def readme_docker_commands() -> list[list[str]]:
 
 
 # ----------------------------------------------------------------------------- compose config
+@pytest.mark.integration
 def test_docker_compose_config_accepts_the_file() -> None:
     client = compose_client()
     if client is None:
@@ -435,6 +436,7 @@ def run_script(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.integration
 def test_init_certs_is_idempotent_and_keeps_the_ca_key_private(tmp_path: Path) -> None:
     ca, out = tmp_path / "ca", tmp_path / "certs"
     args = ("--ca-dir", str(ca), "--out-dir", str(out), *sorted(IDENTITIES))
@@ -512,6 +514,7 @@ def test_healthcheck_fails_for_an_identity_the_worker_does_not_allow(
     assert "unhealthy" in result.stderr and "stranger" in result.stderr
 
 
+@pytest.mark.integration
 def test_healthcheck_fails_when_nothing_listens(mesh_certs: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
         holder.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused, the port stays ours
@@ -522,6 +525,7 @@ def test_healthcheck_fails_when_nothing_listens(mesh_certs: Path) -> None:
     assert result.stderr.startswith("unhealthy: ") and "unreachable" in result.stderr
 
 
+@pytest.mark.integration
 def test_healthcheck_fails_without_tls_material(tmp_path: Path) -> None:
     result = run_script(HEALTHCHECK, "--tls-dir", str(tmp_path), "--tls-name", "worker1", "127.0.0.1:1")
     assert result.returncode == 1

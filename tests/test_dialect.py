@@ -560,6 +560,7 @@ def test_flow_translate_errors_are_one_line_exit_2(args: list[str], message: str
     assert done.output.count("\n") == 1
 
 
+@pytest.mark.integration
 def test_flow_translate_is_a_flow_command() -> None:
     command = [sys.executable, "-m", "ematix_flow.cli.main", "translate", "--from", "spark"]
     root = Path(__file__).resolve().parent.parent

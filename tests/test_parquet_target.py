@@ -307,6 +307,7 @@ def seeded(tmp_path: Path) -> tuple[Path, ParquetTarget]:
     return folder, target
 
 
+@pytest.mark.integration
 def test_an_append_killed_after_its_commit_counts_once_with_its_watermark(tmp_path: Path) -> None:
     folder, target = seeded(tmp_path)
     crash(folder, "append", AFTER_PART, "killed")
@@ -321,6 +322,7 @@ def test_an_append_killed_after_its_commit_counts_once_with_its_watermark(tmp_pa
     assert len(pq.read_table(folder / "_ematix_flow" / "run_history")) == 3
 
 
+@pytest.mark.integration
 def test_an_append_killed_before_its_commit_leaves_no_trace(tmp_path: Path) -> None:
     folder, target = seeded(tmp_path)
     crash(folder, "append", BEFORE_PART, "killed")
@@ -334,6 +336,7 @@ def test_an_append_killed_before_its_commit_leaves_no_trace(tmp_path: Path) -> N
     assert sorted(os.listdir(folder / "_ematix_flow")) == ["run_history"]
 
 
+@pytest.mark.integration
 def test_a_fallback_truncate_killed_between_its_renames_is_rolled_back(tmp_path: Path) -> None:
     folder, target = seeded(tmp_path)
     crash(folder, "truncate", BETWEEN_RENAMES, "killed")
@@ -346,6 +349,7 @@ def test_a_fallback_truncate_killed_between_its_renames_is_rolled_back(tmp_path:
     assert siblings(folder) == [] and "killed" not in [r["run_id"] for r in target.history()]
 
 
+@pytest.mark.integration
 def test_a_truncate_killed_after_its_swap_is_committed(tmp_path: Path) -> None:
     folder, target = seeded(tmp_path)
     crash(folder, "truncate", AFTER_SWAP, "killed")
@@ -357,6 +361,7 @@ def test_a_truncate_killed_after_its_swap_is_committed(tmp_path: Path) -> None:
     assert siblings(folder) == []
 
 
+@pytest.mark.integration
 def test_a_truncate_killed_before_its_swap_changes_nothing(tmp_path: Path) -> None:
     folder, target = seeded(tmp_path)
     crash(folder, "truncate", BEFORE_SWAP, "killed")

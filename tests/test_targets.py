@@ -31,7 +31,9 @@ from ematix_flow.pipelines.targets.rows import row_hashes
 from ematix_flow.pipelines.targets.sql import SQLTarget, quote
 from ematix_flow.pipelines.targets.sqlite import SQLiteTarget
 
-KINDS = ["duckdb", "sqlite", "postgres"]
+#: The postgres cases start a private PostgreSQL (tests/pgserver.py): integration tier.
+POSTGRES = pytest.param("postgres", marks=pytest.mark.integration)
+KINDS = ["duckdb", "sqlite", POSTGRES]
 T1 = datetime(2024, 1, 1, tzinfo=UTC)
 T2 = datetime(2024, 2, 1, 12, 30, tzinfo=UTC)
 T3 = datetime(2024, 3, 1, tzinfo=UTC)
@@ -396,7 +398,7 @@ def test_duplicate_and_null_merge_keys_are_refused(place: Place) -> None:
     assert place.rows() == table and place.history_rows() == history
 
 
-@pytest.mark.parametrize("kind", ["duckdb", "postgres"])
+@pytest.mark.parametrize("kind", ["duckdb", POSTGRES])
 def test_a_type_mismatch_is_a_load_error(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     dsn = request.getfixturevalue("postgres_db") if kind == "postgres" else None
     place = Place(kind, tmp_path, dsn)
@@ -550,7 +552,7 @@ def test_open_target_parquet(tmp_path: Path) -> None:
     assert isinstance(target, parquet.ParquetTarget)
 
 
-@pytest.mark.parametrize("kind", ["duckdb", "postgres"])
+@pytest.mark.parametrize("kind", ["duckdb", POSTGRES])
 def test_values_that_do_not_fit_an_existing_column_are_refused(
     request: pytest.FixtureRequest, tmp_path: Path, kind: str
 ) -> None:

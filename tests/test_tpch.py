@@ -29,6 +29,7 @@ def test_generate_writes_all_tables(tiny: Path) -> None:
     assert not [p for p in tiny.parent.iterdir() if p.name.startswith(".")], "temp folder left behind"
 
 
+@pytest.mark.integration
 def test_generate_skips_existing_unless_forced(tiny: Path) -> None:
     stamp = (tiny / "lineitem.parquet").stat().st_mtime_ns
     assert tpch.generate(0.01, tiny) == tiny
@@ -39,6 +40,7 @@ def test_generate_skips_existing_unless_forced(tiny: Path) -> None:
     assert tpch.is_generated(tiny)
 
 
+@pytest.mark.integration
 def test_generate_completes_partial_folder(tmp_path: Path) -> None:
     out = tmp_path / "partial"
     out.mkdir()
