@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/python -m ematix_flow.demo
+	$(BIN)/flow demo
 
 test: install
 	$(BIN)/pytest -q
