@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/python -m ematix_flow.demo
+	$(BIN)/flow demo
 
 # The tiers (markers in pyproject.toml): `make test` is everything CI runs; `make test-unit` starts no
 # process and generates no data (seconds); `make test-fast` is all but the slow and TPC-DS ones.

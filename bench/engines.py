@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from bench import pinning
-from ematix_flow.tpch import table_path
+from ematix_flow.workloads.tpch import table_path
 
 __all__ = [
     "ENGINES",

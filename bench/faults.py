@@ -19,8 +19,9 @@ from pathlib import Path
 import pyarrow as pa
 from datafusion import SessionConfig, SessionContext
 
-from ematix_flow import Mesh, tpch
-from ematix_flow.compare import compare_tables, query_is_ordered
+from ematix_flow import Mesh
+from ematix_flow.workloads import tpch
+from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 
 
 @dataclass

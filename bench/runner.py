@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from bench.engines import Engine
 from bench.memory import MemoryPeak, RssSampler
-from ematix_flow.compare import compare_tables, query_is_ordered
+from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 
 __all__ = ["BENCH_PROCESS", "EngineResult", "QueryResult", "run_queries", "run_query"]
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ematix_flow import tpcds, tpch
+from ematix_flow.workloads import tpcds, tpch
 
 __all__ = ["SUITES", "Suite"]
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ematix_flow.coordinator_lib.mesh import Mesh
-from ematix_flow.coordinator_lib.report import RunReport
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ematix_flow.errors import (
     AccessDeniedError,
     ConfigError,
@@ -28,9 +29,26 @@ from ematix_flow.errors import (
     TaskFailedError,
     TLSError,
 )
-from ematix_flow.pipelines.api import pipeline
-from ematix_flow.pipelines.config import Pipeline, Source, Target, Transform
-from ematix_flow.transport.tls import TLSConfig
+
+if TYPE_CHECKING:
+    from ematix_flow.coordinator_lib.mesh import Mesh
+    from ematix_flow.coordinator_lib.report import RunReport
+    from ematix_flow.pipelines.api import pipeline
+    from ematix_flow.pipelines.config import Pipeline, Source, Target, Transform
+    from ematix_flow.transport.tls import TLSConfig
+
+# Imported on first use (PEP 562), so that importing a submodule (the planner, the codec, the errors)
+# does not load the submitter, Flight and the pipelines.
+_LAZY = {
+    "Mesh": "ematix_flow.coordinator_lib.mesh",
+    "RunReport": "ematix_flow.coordinator_lib.report",
+    "pipeline": "ematix_flow.pipelines.api",
+    "Pipeline": "ematix_flow.pipelines.config",
+    "Source": "ematix_flow.pipelines.config",
+    "Target": "ematix_flow.pipelines.config",
+    "Transform": "ematix_flow.pipelines.config",
+    "TLSConfig": "ematix_flow.transport.tls",
+}
 
 __all__ = [
     "AccessDeniedError",
@@ -56,3 +74,17 @@ __all__ = [
     "__version__",
     "pipeline",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name of :data:`_LAZY` on first access (PEP 562) and keep it."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -16,9 +16,10 @@ import pytest
 from datafusion import SessionConfig, SessionContext
 from support import HOSTS, local_mesh
 
-from ematix_flow import Mesh, tpch
+from ematix_flow import Mesh
 from ematix_flow.engine.settings import planning_context
 from ematix_flow.transport.tls import init_certs
+from ematix_flow.workloads import tpch
 
 pytest_plugins = ["pgserver"]  # postgres_dsn / postgres_db: one private PostgreSQL for the session
 

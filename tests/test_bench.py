@@ -22,7 +22,7 @@ from bench.memory import MemoryPeak, RssSampler  # noqa: E402
 from bench.publish import paste  # noqa: E402
 from bench.report import common_valid, geomean, results_table, scaling_table  # noqa: E402
 from bench.runner import EngineResult, QueryResult  # noqa: E402
-from ematix_flow import tpch  # noqa: E402
+from ematix_flow.workloads import tpch  # noqa: E402
 
 
 @pytest.fixture(scope="module")

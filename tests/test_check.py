@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from datafusion import SessionContext
 from support import clean_env, executable, local_mesh
 
-from ematix_flow import check, tpch
 from ematix_flow.cli.main import cli
 from ematix_flow.errors import ConfigError, QueryError
+from ematix_flow.workloads import check, tpch
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from support import clean_env, executable, flow_worker
 
-from ematix_flow import tpch
-from ematix_flow.compare import compare_tables
+from ematix_flow.workloads import tpch
+from ematix_flow.workloads.compare import compare_tables
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -90,6 +90,7 @@ def _nothing_left(scratch: Path) -> None:
         ["flow", "sql", "--help"],
         ["flow", "explain", "--help"],
         ["flow", "certs", "--help"],
+        ["flow", "demo", "--help"],
         ["flow-worker", "--help"],
     ],
     ids=lambda c: " ".join(c),
@@ -97,6 +98,30 @@ def _nothing_left(scratch: Path) -> None:
 def test_help(command: list[str], scratch: Path) -> None:
     result = _ok(flow(*command[1:], program=command[0], scratch=scratch, timeout=30))
     assert "Usage:" in result.stdout
+
+
+# ----------------------------------------------------------------------------------- flow demo
+def test_demo(tpch_data: Path, tmp_path: Path, scratch: Path) -> None:
+    """``make demo`` runs ``flow demo``: it reuses data/tpch-sf0.1 under the cwd and compares answers."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "tpch-sf0.1").symlink_to(tpch_data)
+    result = _ok(
+        subprocess.run(
+            [executable("flow"), "demo", "--workers", "2", "--queries", "q01,q06"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env=clean_env(TMPDIR=str(scratch)),
+        )
+    )
+    out = result.stdout
+    assert "Using TPC-H SF 0.1 in data/tpch-sf0.1" in out
+    assert out.count("answers equal") == 2 and "ANSWERS DIFFER" not in out
+    summary = out.split("=== summary")[1].splitlines()[2:]
+    assert [line.split()[0] for line in summary] == ["q01", "q06"]
+    assert all(line.split()[-1] == "yes" for line in summary)
+    _nothing_left(scratch)
 
 
 # ----------------------------------------------------------------------------------- flow sql

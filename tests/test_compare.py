@@ -6,8 +6,8 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
-from ematix_flow import compare, tpch
-from ematix_flow.compare import compare_tables, query_is_ordered
+from ematix_flow.workloads import compare, tpch
+from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 
 pytestmark = pytest.mark.timeout(30)
 

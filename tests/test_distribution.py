@@ -8,8 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from ematix_flow import Mesh, tpch
-from ematix_flow.compare import compare_tables, query_is_ordered
+from ematix_flow import Mesh
+from ematix_flow.workloads import tpch
+from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,9 @@ import pyarrow as pa
 import pytest
 from support import clean_env, executable, local_mesh
 
-from ematix_flow import Mesh, RunReport, tpch
+from ematix_flow import Mesh, RunReport
 from ematix_flow.coordinator_lib.report import StageReport
+from ematix_flow.workloads import tpch
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

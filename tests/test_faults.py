@@ -14,11 +14,12 @@ import pytest
 from support import local_mesh, spawned_workers, wait_until
 
 from bench.faults import kill_one
-from ematix_flow import Mesh, PeerUnreachableError, TLSConfig, TLSError, tpch
-from ematix_flow.compare import compare_tables, query_is_ordered
+from ematix_flow import Mesh, PeerUnreachableError, TLSConfig, TLSError
 from ematix_flow.coordinator_lib.local import spawn_worker
 from ematix_flow.transport.flight import ClientPool
 from ematix_flow.transport.messages import PeerInfo
+from ematix_flow.workloads import tpch
+from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 

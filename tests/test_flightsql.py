@@ -25,8 +25,7 @@ from adbc_driver_flightsql import DatabaseOptions
 from prometheus_client.parser import text_string_to_metric_families
 from support import HOSTS, TASK_TIMEOUT, peer_mesh, ran_tasks, wait_until, worker_action
 
-from ematix_flow import TLSConfig, tpch
-from ematix_flow.compare import compare_tables, query_is_ordered
+from ematix_flow import TLSConfig
 from ematix_flow.coordinator_lib.local import LocalWorker
 from ematix_flow.flightsql.protocol import (
     CommandGetPrimaryKeys,
@@ -37,6 +36,8 @@ from ematix_flow.flightsql.protocol import (
 )
 from ematix_flow.transport.messages import PeerInfo
 from ematix_flow.transport.tls import flight_client_kwargs, init_certs, issue_cert
+from ematix_flow.workloads import tpch
+from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

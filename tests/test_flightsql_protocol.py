@@ -7,6 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from ematix_flow import protobuf
 from ematix_flow.errors import AccessDeniedError, ProtocolError, QueryError
 from ematix_flow.flightsql import metadata
 from ematix_flow.flightsql.ddl import CreateTable
@@ -24,7 +25,6 @@ from ematix_flow.flightsql.protocol import (
     session_from_cookies,
     unpack,
 )
-from ematix_flow.planner import wire
 from ematix_flow.transport.messages import OutputRef
 from ematix_flow.worker.catalog import Catalog
 from ematix_flow.worker.gateway import EMPTY, MAX_HANDLES, Gateway, Statement
@@ -75,7 +75,7 @@ def test_malformed_messages_are_protocol_errors(data: bytes, says: str) -> None:
 
 def test_only_flight_sql_any_messages_unpack() -> None:
     with pytest.raises(ProtocolError, match="not a Flight SQL message"):
-        unpack(wire.encode([wire.message(1, b"type.googleapis.com/other.Thing")]))
+        unpack(protobuf.encode([protobuf.message(1, b"type.googleapis.com/other.Thing")]))
     with pytest.raises(ProtocolError, match="not a Flight SQL message"):
         unpack(pack("Command With Spaces", b""))
     with pytest.raises(ProtocolError, match="not a Flight SQL message"):

@@ -26,7 +26,7 @@ from datafusion import udf
 from prometheus_client.parser import text_string_to_metric_families
 from support import HOSTS, READY, TASK_TIMEOUT, clean_env, executable, flow_worker, free_ports, wait_until
 
-from ematix_flow import Mesh, TLSConfig, tpch
+from ematix_flow import Mesh, TLSConfig
 from ematix_flow.coordinator_lib.local import LocalWorker, spawn_worker
 from ematix_flow.coordinator_lib.report import RunReport
 from ematix_flow.transport.flight import ClientPool
@@ -34,6 +34,7 @@ from ematix_flow.transport.messages import PeerInfo
 from ematix_flow.transport.tls import init_certs, issue_cert
 from ematix_flow.worker.http import QueryView, merge_queries
 from ematix_flow.worker.telemetry import RECENT_QUERIES, PeerBook, QueryLog, parse_stages
+from ematix_flow.workloads import tpch
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from support import query_dirs, spawned_workers_with, wait_until
 
-from ematix_flow import Mesh, TaskFailedError, TLSConfig, tpch
+from ematix_flow import Mesh, TaskFailedError, TLSConfig
 from ematix_flow.worker.main import parse_size
+from ematix_flow.workloads import tpch
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

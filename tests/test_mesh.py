@@ -25,14 +25,14 @@ from ematix_flow import (
     QueryError,
     TaskFailedError,
     TLSConfig,
-    tpch,
 )
-from ematix_flow.compare import compare_tables, query_is_ordered
 from ematix_flow.coordinator_lib.local import LocalWorker
 from ematix_flow.coordinator_lib.planning import plan_query
 from ematix_flow.engine.settings import planning_context
 from ematix_flow.planner.nodes import FILE_SCANS
 from ematix_flow.transport.flight import ClientPool
+from ematix_flow.workloads import tpch
+from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -14,8 +14,9 @@ import pytest
 from datafusion import SessionConfig, SessionContext
 from support import local_mesh
 
-from ematix_flow import Mesh, tpcds
-from ematix_flow.compare import compare_tables, query_is_ordered
+from ematix_flow import Mesh
+from ematix_flow.workloads import tpcds
+from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.tpcds, pytest.mark.timeout(600)]
 

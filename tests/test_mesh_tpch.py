@@ -10,8 +10,9 @@ import pyarrow as pa
 import pytest
 from support import local_mesh
 
-from ematix_flow import Mesh, RunReport, tpch
-from ematix_flow.compare import compare_tables, query_is_ordered
+from ematix_flow import Mesh, RunReport
+from ematix_flow.workloads import tpch
+from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 

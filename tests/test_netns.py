@@ -44,9 +44,10 @@ from netns import (
 )
 from support import TASK_TIMEOUT, clean_env, executable, wait_until
 
-from ematix_flow import Mesh, tpch
-from ematix_flow.compare import compare_tables, query_is_ordered
+from ematix_flow import Mesh
 from ematix_flow.transport.tls import TLSConfig, flight_client_kwargs, init_certs, issue_cert
+from ematix_flow.workloads import tpch
+from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

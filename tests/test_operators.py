@@ -30,8 +30,9 @@ import pytest
 from datafusion import SessionConfig, SessionContext
 from support import local_mesh
 
-from ematix_flow import Mesh, tpch
-from ematix_flow.compare import compare_tables, query_is_ordered
+from ematix_flow import Mesh
+from ematix_flow.workloads import tpch
+from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -10,15 +10,15 @@ import pytest
 from datafusion import SessionContext
 from datafusion.plan import ExecutionPlan
 
-from ematix_flow import tpch
+from ematix_flow import protobuf
 from ematix_flow.coordinator_lib.planning import node_infos
 from ematix_flow.engine.settings import execution_context, planning_context
 from ematix_flow.errors import FlowError, PlanningError, ProtocolError
-from ematix_flow.planner import wire
 from ematix_flow.planner.nodes import FILE_SCANS, GATHERS, PlanNode, input_index, parse_tree
 from ematix_flow.planner.scans import FileSlice, file_groups, scan_bytes
 from ematix_flow.planner.slicing import plan_tasks, slice_stage, split
 from ematix_flow.planner.stages import Stage, StageGraph, build_graph, is_hash_repartition
+from ematix_flow.workloads import tpch
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -125,30 +125,30 @@ def _graph(ctx: SessionContext, sql: str) -> tuple[StageGraph, int]:
     ],
 )
 def test_varint_round_trip(value: int) -> None:
-    encoded = wire.encode_varint(value)
+    encoded = protobuf.encode_varint(value)
     assert len(encoded) == max(1, (value.bit_length() + 6) // 7)
     assert all(b & 0x80 for b in encoded[:-1]) and not encoded[-1] & 0x80
-    (field,) = wire.parse(wire.encode([wire.varint(1, value)]))
-    assert (field.number, field.wire_type, field.int) == (1, wire.VARINT, value)
+    (field,) = protobuf.parse(protobuf.encode([protobuf.varint(1, value)]))
+    assert (field.number, field.wire_type, field.int) == (1, protobuf.VARINT, value)
 
 
 @pytest.mark.parametrize(
     ("value", "encoded"), [(0, b"\x00"), (1, b"\x01"), (150, b"\x96\x01"), (300, b"\xac\x02")]
 )
 def test_varint_known_encodings(value: int, encoded: bytes) -> None:
-    assert wire.encode_varint(value) == encoded
+    assert protobuf.encode_varint(value) == encoded
 
 
 def test_negative_varint_is_ten_bytes_twos_complement() -> None:
-    encoded = wire.encode_varint(-1)
+    encoded = protobuf.encode_varint(-1)
     assert encoded == b"\xff" * 9 + b"\x01"
-    (field,) = wire.parse(b"\x08" + encoded)
+    (field,) = protobuf.parse(b"\x08" + encoded)
     assert field.int == 2**64 - 1
 
 
 def test_varint_longer_than_ten_bytes_is_rejected() -> None:
     with pytest.raises(ProtocolError, match="too long"):
-        wire.parse(b"\x08" + b"\xff" * 10 + b"\x01")
+        protobuf.parse(b"\x08" + b"\xff" * 10 + b"\x01")
 
 
 @pytest.mark.parametrize(
@@ -164,7 +164,7 @@ def test_varint_longer_than_ten_bytes_is_rejected() -> None:
 )
 def test_truncated_wire_data_is_rejected(data: bytes) -> None:
     with pytest.raises(ProtocolError):
-        wire.parse(data)
+        protobuf.parse(data)
 
 
 @pytest.mark.parametrize(
@@ -172,32 +172,32 @@ def test_truncated_wire_data_is_rejected(data: bytes) -> None:
 )
 def test_unsupported_wire_data_is_rejected(data: bytes, message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
-        wire.parse(data)
+        protobuf.parse(data)
 
 
 def test_parse_encode_round_trip_keeps_order_and_every_wire_type() -> None:
     fields = [
-        wire.varint(1, 7),
-        wire.message(2, b"hello"),
-        wire.Field(3, wire.FIXED64, b"\x01\x02\x03\x04\x05\x06\x07\x08"),
-        wire.Field(4, wire.FIXED32, b"\xaa\xbb\xcc\xdd"),
-        wire.message(2, b""),  # repeated, empty
-        wire.varint(536_870_911, 2**64 - 1),  # the largest field number
-        wire.message(1000, wire.encode([wire.varint(1, 3)])),
+        protobuf.varint(1, 7),
+        protobuf.message(2, b"hello"),
+        protobuf.Field(3, protobuf.FIXED64, b"\x01\x02\x03\x04\x05\x06\x07\x08"),
+        protobuf.Field(4, protobuf.FIXED32, b"\xaa\xbb\xcc\xdd"),
+        protobuf.message(2, b""),  # repeated, empty
+        protobuf.varint(536_870_911, 2**64 - 1),  # the largest field number
+        protobuf.message(1000, protobuf.encode([protobuf.varint(1, 3)])),
     ]
-    data = wire.encode(fields)
-    assert wire.parse(data) == fields
-    assert wire.encode(wire.parse(data)) == data
-    assert wire.parse(b"") == []
-    assert wire.first(fields, 2) == wire.message(2, b"hello")
-    assert wire.first(fields, 99) is None
+    data = protobuf.encode(fields)
+    assert protobuf.parse(data) == fields
+    assert protobuf.encode(protobuf.parse(data)) == data
+    assert protobuf.parse(b"") == []
+    assert protobuf.first(fields, 2) == protobuf.message(2, b"hello")
+    assert protobuf.first(fields, 99) is None
 
 
 def test_field_accessors_check_the_wire_type() -> None:
     with pytest.raises(ProtocolError):
-        _ = wire.varint(1, 5).data
+        _ = protobuf.varint(1, 5).data
     with pytest.raises(ProtocolError):
-        _ = wire.message(1, b"x").int
+        _ = protobuf.message(1, b"x").int
 
 
 # ----------------------------------------------------------------------------------- plan trees
@@ -237,16 +237,21 @@ def test_other_plan_shapes_walk_like_datafusion(ctx: SessionContext, shape: str)
 
 def test_unknown_node_kind_is_a_planning_error() -> None:
     with pytest.raises(PlanningError, match="#99"):
-        parse_tree(wire.encode([wire.message(99, b"")]))
+        parse_tree(protobuf.encode([protobuf.message(99, b"")]))
     # ... also below a known node: a projection (4) whose input (field 1) is of kind 99
-    inner = wire.encode([wire.message(99, wire.encode([wire.varint(1, 1)]))])
-    outer = wire.encode([wire.message(4, wire.encode([wire.message(1, inner)]))])
+    inner = protobuf.encode([protobuf.message(99, protobuf.encode([protobuf.varint(1, 1)]))])
+    outer = protobuf.encode([protobuf.message(4, protobuf.encode([protobuf.message(1, inner)]))])
     with pytest.raises(PlanningError, match="#99"):
         parse_tree(outer)
 
 
 @pytest.mark.parametrize(
-    "data", [b"", wire.encode([wire.varint(4, 1)]), wire.encode([wire.message(4, b""), wire.message(4, b"")])]
+    "data",
+    [
+        b"",
+        protobuf.encode([protobuf.varint(4, 1)]),
+        protobuf.encode([protobuf.message(4, b""), protobuf.message(4, b"")]),
+    ],
 )
 def test_not_a_plan_node_is_a_planning_error(data: bytes) -> None:
     with pytest.raises(PlanningError):

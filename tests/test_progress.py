@@ -17,7 +17,7 @@ from datafusion import SessionContext
 from rich.console import Console
 from support import executable, local_mesh, run_on_terminal, terminal_env
 
-from ematix_flow import Mesh, tpch
+from ematix_flow import Mesh
 from ematix_flow.cli.progress import StageDisplay, TerminalProgress, count_text, stage_counts
 from ematix_flow.coordinator_lib.planning import plan_query
 from ematix_flow.coordinator_lib.progress import QueryProgress, StageProgress
@@ -26,6 +26,7 @@ from ematix_flow.coordinator_lib.state import Assignment, QueryState
 from ematix_flow.engine.exchange import schema_bytes
 from ematix_flow.errors import PeerUnreachableError
 from ematix_flow.transport.messages import TaskResult
+from ematix_flow.workloads import tpch
 
 Q09 = tpch.query(9)
 GROUPED = "SELECT o_orderstatus, count(*) AS c FROM orders GROUP BY o_orderstatus"

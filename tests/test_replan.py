@@ -7,12 +7,13 @@ import pyarrow as pa
 import pytest
 from datafusion import SessionConfig, SessionContext
 
-from ematix_flow import Mesh, tpcds, tpch
-from ematix_flow.compare import compare_tables, query_is_ordered
+from ematix_flow import Mesh
 from ematix_flow.coordinator_lib.planning import node_infos
 from ematix_flow.engine.exchange import merge_nullability, read_schema, schema_bytes
 from ematix_flow.planner.slicing import plan_tasks
 from ematix_flow.planner.stages import build_graph
+from ematix_flow.workloads import tpcds, tpch
+from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 
 
 def test_a_kept_exchange_stays_inside_its_consumer(planning_ctx: SessionContext) -> None:

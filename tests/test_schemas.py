@@ -7,12 +7,12 @@ import pytest
 from datafusion import SessionContext
 from datafusion.plan import ExecutionPlan
 
-from ematix_flow import tpch
 from ematix_flow.coordinator_lib.planning import plan_query
 from ematix_flow.coordinator_lib.schemas import explain_schemas, parse_schema
 from ematix_flow.engine.run import stream_partitions
 from ematix_flow.engine.settings import planning_context
 from ematix_flow.errors import PlanningError
+from ematix_flow.workloads import tpch
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -28,7 +28,8 @@ from ematix_flow.pipelines.targets.base import LoadMode, RunRecord, Watermark
 from ematix_flow.pipelines.targets.duckdb import DuckDBTarget
 from ematix_flow.pipelines.targets.postgres import PostgresTarget
 from ematix_flow.pipelines.targets.rows import row_hashes
-from ematix_flow.pipelines.targets.sql import SQLTarget, quote
+from ematix_flow.pipelines.targets.session import quote
+from ematix_flow.pipelines.targets.sql import SQLTarget
 from ematix_flow.pipelines.targets.sqlite import SQLiteTarget
 
 #: The postgres cases start a private PostgreSQL (tests/pgserver.py): integration tier.

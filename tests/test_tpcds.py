@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 from datafusion import SessionConfig, SessionContext
 
-from ematix_flow import tpcds
 from ematix_flow.cli.tpcds_cmd import tpcds as tpcds_cli
 from ematix_flow.errors import ConfigError
+from ematix_flow.workloads import tpcds
 
 pytestmark = pytest.mark.timeout(120)
 

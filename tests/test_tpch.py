@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 from datafusion import SessionContext
 
-from ematix_flow import tpch
 from ematix_flow.cli.tpch_cmd import tpch as tpch_cli
 from ematix_flow.errors import ConfigError
+from ematix_flow.workloads import tpch
 
 pytestmark = pytest.mark.timeout(120)
 

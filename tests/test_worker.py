@@ -17,11 +17,11 @@ import pytest
 from support import TASK_TIMEOUT, clean_env, close_pipes, executable, flow_worker, poll, spawned_workers
 
 from ematix_flow import FlowError, Mesh, PeerUnreachableError, TLSConfig, TLSError
-from ematix_flow.compare import compare_tables
 from ematix_flow.coordinator_lib.local import LocalWorker, spawn_worker
 from ematix_flow.engine.digest import hash_digest
 from ematix_flow.transport.messages import OutputRef, PeerInfo, TaskSpec
 from ematix_flow.transport.tls import flight_client_kwargs
+from ematix_flow.workloads.compare import compare_tables
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

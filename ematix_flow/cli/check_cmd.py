@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from ematix_flow import check as _check
 from ematix_flow.cli.sql_cmd import open_mesh
+from ematix_flow.workloads import check as _check
 
 
 @click.command("check")

@@ -58,6 +58,7 @@ def _register() -> None:
     from ematix_flow.cli import (
         certs_cmd,
         check_cmd,
+        demo_cmd,
         pipeline_cmd,
         sql_cmd,
         tpcds_cmd,
@@ -69,6 +70,7 @@ def _register() -> None:
     cli.add_command(tpch_cmd.tpch)
     cli.add_command(tpcds_cmd.tpcds)
     cli.add_command(check_cmd.check)
+    cli.add_command(demo_cmd.demo)
     cli.add_command(sql_cmd.sql)
     cli.add_command(sql_cmd.explain)
     cli.add_command(pipeline_cmd.run)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ematix_flow import tpcds as _tpcds
+from ematix_flow.workloads import tpcds as _tpcds
 
 
 @click.group()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ematix_flow import tpch as _tpch
+from ematix_flow.workloads import tpch as _tpch
 
 
 @click.group()

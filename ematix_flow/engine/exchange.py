@@ -21,8 +21,8 @@ from pathlib import Path
 import pyarrow as pa
 from datafusion import SessionConfig, SessionContext
 
+from ematix_flow import protobuf
 from ematix_flow.errors import ProtocolError
-from ematix_flow.planner import wire
 from ematix_flow.planner.nodes import PlanNode, input_index, parse_tree
 from ematix_flow.planner.scans import with_file_groups
 from ematix_flow.transport.messages import InputSpec, Source
@@ -85,11 +85,11 @@ def _rename_projection(child: bytes, unique: list[str], original: list[str]) -> 
     """ProjectionExec over ``child`` renaming ``unique`` columns back to ``original``."""
     exprs = []
     for i, name in enumerate(unique):
-        column = wire.encode([wire.message(1, name.encode()), wire.varint(2, i)])
-        exprs.append(wire.message(2, wire.encode([wire.message(1, column)])))
-    names = [wire.message(3, n.encode()) for n in original]
-    body = wire.encode([wire.message(1, child), *exprs, *names])
-    return wire.encode([wire.message(4, body)])
+        column = protobuf.encode([protobuf.message(1, name.encode()), protobuf.varint(2, i)])
+        exprs.append(protobuf.message(2, protobuf.encode([protobuf.message(1, column)])))
+    names = [protobuf.message(3, n.encode()) for n in original]
+    body = protobuf.encode([protobuf.message(1, child), *exprs, *names])
+    return protobuf.encode([protobuf.message(4, body)])
 
 
 class ScanTemplates:

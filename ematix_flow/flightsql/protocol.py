@@ -1,6 +1,6 @@
 """Flight SQL messages: small frozen dataclasses, protobuf-encoded, wrapped in ``google.protobuf.Any``.
 
-Hand-written on purpose, like the plan codec it reuses (:mod:`ematix_flow.planner.wire`): the dozen
+Hand-written on purpose over the codec the planner uses too (:mod:`ematix_flow.protobuf`): the dozen
 messages served here fit in a page, and no ``.proto`` file or generated code has to ship or be kept
 in step. Field numbers are those of the Flight SQL specification (``FlightSql.proto`` in apache/arrow);
 each field below names its number with ``pb(N)``.
@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar, get_type_hints
 
+from ematix_flow import protobuf
 from ematix_flow.errors import ProtocolError
-from ematix_flow.planner import wire
 
 TYPE_PREFIX = "type.googleapis.com/arrow.flight.protocol.sql."
 _TYPE_URL, _VALUE = 1, 2  # google.protobuf.Any
@@ -128,29 +128,29 @@ class Message:
 
     def to_bytes(self) -> bytes:
         """The protobuf encoding (proto3: empty scalars are left out, optional ones when None)."""
-        out: list[wire.Field] = []
+        out: list[protobuf.Field] = []
         for name, number, kind in _layout(type(self)):
             value = getattr(self, name)
             if value is None or (not value and not kind.endswith("?")):
                 continue
             if kind in ("str", "str?"):
-                out.append(wire.message(number, value.encode()))
+                out.append(protobuf.message(number, value.encode()))
             elif kind in ("bytes", "bytes?"):
-                out.append(wire.message(number, bytes(value)))
+                out.append(protobuf.message(number, bytes(value)))
             elif kind in ("bool", "int"):
-                out.append(wire.varint(number, int(value)))
+                out.append(protobuf.varint(number, int(value)))
             elif kind == "ints":
-                out.append(wire.message(number, b"".join(wire.encode_varint(v) for v in value)))
+                out.append(protobuf.message(number, b"".join(protobuf.encode_varint(v) for v in value)))
             else:
-                out += [wire.message(number, v.encode()) for v in value]
-        return wire.encode(out)
+                out += [protobuf.message(number, v.encode()) for v in value]
+        return protobuf.encode(out)
 
     @classmethod
     def from_bytes(cls: type[M], data: bytes) -> M:
         """Decode a message; unknown fields are skipped, malformed ones raise ProtocolError."""
         what = cls.__name__
         try:
-            parsed = wire.parse(data)
+            parsed = protobuf.parse(data)
         except ProtocolError as exc:
             raise ProtocolError(f"malformed {what}: {exc}") from exc
         values: dict[str, Any] = {}
@@ -169,7 +169,7 @@ class Message:
         return pack(type(self).__name__, self.to_bytes())
 
 
-def _value(found: list[wire.Field], kind: str, what: str) -> Any:
+def _value(found: list[protobuf.Field], kind: str, what: str) -> Any:
     """A field's value from its occurrences (the last one wins for scalars, as in protobuf)."""
     last = found[-1]
     if kind in ("str", "str?"):
@@ -190,15 +190,15 @@ def _value(found: list[wire.Field], kind: str, what: str) -> Any:
 
 def pack(name: str, payload: bytes) -> bytes:
     """``google.protobuf.Any`` holding Flight SQL message ``name``."""
-    return wire.encode(
-        [wire.message(_TYPE_URL, (TYPE_PREFIX + name).encode()), wire.message(_VALUE, payload)]
+    return protobuf.encode(
+        [protobuf.message(_TYPE_URL, (TYPE_PREFIX + name).encode()), protobuf.message(_VALUE, payload)]
     )
 
 
 def unpack(data: bytes) -> tuple[str, bytes]:
     """The message name and payload of an ``Any``; ProtocolError unless it is a Flight SQL message."""
     try:
-        parsed = wire.parse(data)
+        parsed = protobuf.parse(data)
         urls = [f.data for f in parsed if f.number == _TYPE_URL]
         payloads = [f.data for f in parsed if f.number == _VALUE]
     except ProtocolError as exc:
@@ -362,7 +362,7 @@ SESSION_CLOSED, SESSION_NOT_CLOSEABLE = 1, 3
 
 def close_session_result(status: int) -> bytes:
     """A ``CloseSessionResult`` (a plain Flight message: not wrapped in ``Any``)."""
-    return wire.encode([wire.varint(1, status)])
+    return protobuf.encode([protobuf.varint(1, status)])
 
 
 #: The cookie that names a Flight SQL session (the name the specification's session management uses).

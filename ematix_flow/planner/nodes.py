@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
+from ematix_flow import protobuf
 from ematix_flow.errors import PlanningError
-from ematix_flow.planner import wire
 
 #: PhysicalPlanNode oneof field number -> our name for the node kind.
 NODE_KINDS: dict[int, str] = {
@@ -113,7 +113,7 @@ class PlanNode:
 
     kind: str
     number: int
-    fields: list[wire.Field]
+    fields: list[protobuf.Field]
     child_slots: list[int]
     children: list[PlanNode]
     partitions: int = 1
@@ -124,8 +124,8 @@ class PlanNode:
         """Serialize this subtree as a PhysicalPlanNode message."""
         fields = list(self.fields)
         for slot, child in zip(self.child_slots, self.children, strict=True):
-            fields[slot] = wire.message(fields[slot].number, child.to_bytes())
-        return wire.encode([wire.message(self.number, wire.encode(fields))])
+            fields[slot] = protobuf.message(fields[slot].number, child.to_bytes())
+        return protobuf.encode([protobuf.message(self.number, protobuf.encode(fields))])
 
     def walk(self) -> Iterator[PlanNode]:
         """Pre-order traversal."""
@@ -146,8 +146,8 @@ class PlanNode:
 
 def node_kind(node_bytes: bytes) -> tuple[int, str, bytes]:
     """(oneof field number, kind name, body) of a serialized PhysicalPlanNode."""
-    fields = wire.parse(node_bytes)
-    if len(fields) != 1 or fields[0].wire_type != wire.LEN:
+    fields = protobuf.parse(node_bytes)
+    if len(fields) != 1 or fields[0].wire_type != protobuf.LEN:
         raise PlanningError("not a DataFusion PhysicalPlanNode (expected exactly one node field)")
     number = fields[0].number
     kind = NODE_KINDS.get(number)
@@ -164,11 +164,11 @@ def parse_tree(node_bytes: bytes, depth: int = 0) -> PlanNode:
     if depth > MAX_PLAN_DEPTH:
         raise PlanningError(f"plan nested deeper than {MAX_PLAN_DEPTH} nodes: refused")
     number, kind, body = node_kind(node_bytes)
-    fields = wire.parse(body)
+    fields = protobuf.parse(body)
     slots: list[int] = []
     if kind not in LEAVES:
         wanted = CHILD_FIELDS.get(kind, (1,))
-        slots = [i for i, f in enumerate(fields) if f.number in wanted and f.wire_type == wire.LEN]
+        slots = [i for i, f in enumerate(fields) if f.number in wanted and f.wire_type == protobuf.LEN]
     children = [parse_tree(fields[i].data, depth + 1) for i in slots]
     return PlanNode(kind, number, fields, slots, children)
 
@@ -195,7 +195,7 @@ def attach_infos(root: PlanNode, infos: list[NodeInfo]) -> PlanNode:
 
 def input_node(index: int, partitions: int, line: str) -> PlanNode:
     """The marker node standing for exchange input ``index`` of a stage."""
-    fields = [wire.varint(1, index)]
+    fields = [protobuf.varint(1, index)]
     return PlanNode("input", INPUT_FIELD, fields, [], [], partitions=partitions, line=line)
 
 

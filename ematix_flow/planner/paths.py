@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ematix_flow.planner import wire
+from ematix_flow import protobuf
 from ematix_flow.planner.nodes import FILE_SCANS, PlanNode, parse_tree
 
 #: Sink nodes (``DataSinkExec``) and where their ``FileSinkConfig`` sits: node field 2 (the sink),
@@ -42,18 +42,18 @@ def file_accesses(plan: bytes) -> list[FileAccess]:
     return out
 
 
-def _first(fields: list[wire.Field], number: int) -> wire.Field | None:
-    return next((f for f in fields if f.number == number and f.wire_type == wire.LEN), None)
+def _first(fields: list[protobuf.Field], number: int) -> protobuf.Field | None:
+    return next((f for f in fields if f.number == number and f.wire_type == protobuf.LEN), None)
 
 
-def _all(fields: list[wire.Field], number: int) -> list[bytes]:
-    return [f.data for f in fields if f.number == number and f.wire_type == wire.LEN]
+def _all(fields: list[protobuf.Field], number: int) -> list[bytes]:
+    return [f.data for f in fields if f.number == number and f.wire_type == protobuf.LEN]
 
 
 def _partitioned_file_paths(files: list[bytes]) -> list[str]:
     paths = []
     for f in files:
-        path = _first(wire.parse(f), _FILE_PATH)
+        path = _first(protobuf.parse(f), _FILE_PATH)
         paths.append(path.data.decode("utf-8", "replace") if path else "")
     return paths
 
@@ -62,19 +62,19 @@ def _scan_files(node: PlanNode) -> list[FileAccess]:
     conf_field = _first(node.fields, _SCAN_CONF)
     if conf_field is None:
         return []
-    conf = wire.parse(conf_field.data)
+    conf = protobuf.parse(conf_field.data)
     store_field = _first(conf, _SCAN_STORE)
     store = store_field.data.decode("utf-8", "replace") if store_field else ""
-    files = [f for g in _all(conf, _SCAN_GROUPS) for f in _all(wire.parse(g), _GROUP_FILES)]
+    files = [f for g in _all(conf, _SCAN_GROUPS) for f in _all(protobuf.parse(g), _GROUP_FILES)]
     return [FileAccess(p, store, False, node.kind) for p in _partitioned_file_paths(files)]
 
 
 def _sink_files(node: PlanNode) -> list[FileAccess]:
     sink = _first(node.fields, _SINK)
-    conf_field = _first(wire.parse(sink.data), _SINK_CONF) if sink else None
+    conf_field = _first(protobuf.parse(sink.data), _SINK_CONF) if sink else None
     if conf_field is None:
         return []
-    conf = wire.parse(conf_field.data)
+    conf = protobuf.parse(conf_field.data)
     store_field = _first(conf, _SINK_STORE)
     store = store_field.data.decode("utf-8", "replace") if store_field else ""
     paths = [p.decode("utf-8", "replace") for p in _all(conf, _SINK_TABLE_PATHS)]

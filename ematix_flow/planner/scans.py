@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ematix_flow import protobuf
 from ematix_flow.errors import PlanningError
-from ematix_flow.planner import wire
 from ematix_flow.planner.nodes import FILE_SCANS, PlanNode
 
 _BASE_CONF = 1  # <Kind>ScanExecNode.base_conf
@@ -32,12 +32,12 @@ class FileSlice:
         return self.size
 
 
-def _base_conf(node: PlanNode) -> tuple[int, list[wire.Field]]:
+def _base_conf(node: PlanNode) -> tuple[int, list[protobuf.Field]]:
     if node.kind not in FILE_SCANS:
         raise PlanningError(f"{node.kind} is not a file scan")
     for i, f in enumerate(node.fields):
         if f.number == _BASE_CONF:
-            return i, wire.parse(f.data)
+            return i, protobuf.parse(f.data)
     raise PlanningError(f"{node.kind} has no file scan configuration")
 
 
@@ -49,15 +49,15 @@ def file_groups(node: PlanNode) -> list[list[FileSlice]]:
         if g.number != _FILE_GROUPS:
             continue
         files = []
-        for f in wire.parse(g.data):
+        for f in protobuf.parse(g.data):
             if f.number != _FILES:
                 continue
-            pf = {x.number: x for x in wire.parse(f.data)}
+            pf = {x.number: x for x in protobuf.parse(f.data)}
             path = pf[_PATH].data.decode() if _PATH in pf else ""
             size = pf[_SIZE].int if _SIZE in pf else 0
             start = end = None
             if _RANGE in pf:
-                rng = {x.number: x.int for x in wire.parse(pf[_RANGE].data)}
+                rng = {x.number: x.int for x in protobuf.parse(pf[_RANGE].data)}
                 start, end = rng.get(_START, 0), rng.get(_END, 0)
             files.append(FileSlice("/" + path.lstrip("/"), size, start, end))
         groups.append(files)
@@ -78,34 +78,35 @@ def keep_groups(node: PlanNode, keep: list[int]) -> PlanNode:
     if any(i >= len(groups) for i in keep):
         raise PlanningError(f"scan has {len(groups)} file groups, task asked for {keep}")
     rest = [f for f in conf if f.number != _FILE_GROUPS]
-    new_conf = wire.encode([groups[i] for i in keep] + rest)
+    new_conf = protobuf.encode([groups[i] for i in keep] + rest)
     fields = list(node.fields)
-    fields[slot] = wire.message(_BASE_CONF, new_conf)
+    fields[slot] = protobuf.message(_BASE_CONF, new_conf)
     return replace(node, fields=fields, partitions=len(keep))
 
 
-def encode_file_groups(groups: list[list[tuple[str, int]]]) -> list[wire.Field]:
+def encode_file_groups(groups: list[list[tuple[str, int]]]) -> list[protobuf.Field]:
     """FileGroup fields for ``groups`` of (absolute path, size) files."""
     out = []
     for files in groups:
         pfs = [
-            wire.message(
-                _FILES, wire.encode([wire.message(_PATH, p.lstrip("/").encode()), wire.varint(_SIZE, s)])
+            protobuf.message(
+                _FILES,
+                protobuf.encode([protobuf.message(_PATH, p.lstrip("/").encode()), protobuf.varint(_SIZE, s)]),
             )
             for p, s in files
         ]
-        out.append(wire.message(_FILE_GROUPS, wire.encode(pfs)))
+        out.append(protobuf.message(_FILE_GROUPS, protobuf.encode(pfs)))
     return out
 
 
 def with_file_groups(scan_bytes_: bytes, groups: list[list[tuple[str, int]]]) -> bytes:
     """Scan-node bytes like ``scan_bytes_`` but reading ``groups`` (a template scan made concrete)."""
-    (node,) = wire.parse(scan_bytes_)
-    body = wire.parse(node.data)
+    (node,) = protobuf.parse(scan_bytes_)
+    body = protobuf.parse(node.data)
     out_body = []
     for f in body:
         if f.number == _BASE_CONF:
-            rest = [x for x in wire.parse(f.data) if x.number != _FILE_GROUPS]
-            f = wire.message(_BASE_CONF, wire.encode(encode_file_groups(groups) + rest))
+            rest = [x for x in protobuf.parse(f.data) if x.number != _FILE_GROUPS]
+            f = protobuf.message(_BASE_CONF, protobuf.encode(encode_file_groups(groups) + rest))
         out_body.append(f)
-    return wire.encode([wire.message(node.number, wire.encode(out_body))])
+    return protobuf.encode([protobuf.message(node.number, protobuf.encode(out_body))])

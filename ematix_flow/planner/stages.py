@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from ematix_flow.planner import wire
+from ematix_flow import protobuf
 from ematix_flow.planner.nodes import (
     FILE_SCANS,
     GATHERS,
@@ -101,8 +101,8 @@ def is_hash_repartition(node: PlanNode) -> bool:
     """True for a ``RepartitionExec`` with hash partitioning (a shuffle)."""
     if node.kind != "repartition":
         return False
-    part = wire.first(node.fields, _PARTITIONING)
-    return part is not None and any(f.number == _HASH for f in wire.parse(part.data))
+    part = protobuf.first(node.fields, _PARTITIONING)
+    return part is not None and any(f.number == _HASH for f in protobuf.parse(part.data))
 
 
 def single_task_reason(plan: PlanNode) -> str | None:

@@ -9,7 +9,8 @@ from typing import Any, ClassVar
 import duckdb
 import pyarrow as pa
 
-from ematix_flow.pipelines.targets.sql import STAGE, Session, SQLTarget, TableName, database_file
+from ematix_flow.pipelines.targets.session import STAGE, Session, TableName, database_file
+from ematix_flow.pipelines.targets.sql import SQLTarget
 
 #: Arrow categories (see ``sql.category``) to DuckDB types.
 DUCKDB_TYPES: dict[str, str] = {

@@ -11,7 +11,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ematix_flow.errors import ConfigError
 from ematix_flow.pipelines.targets.rows import python_rows
-from ematix_flow.pipelines.targets.sql import STAGE, Session, SQLTarget, TableName, quote
+from ematix_flow.pipelines.targets.session import STAGE, Session, TableName, quote
+from ematix_flow.pipelines.targets.sql import SQLTarget
 
 CONNECT_TIMEOUT = 10  # seconds, unless the DSN sets connect_timeout
 #: Arrow categories (see ``sql.category``) to PostgreSQL types (unsigned ones widened to fit).

@@ -1,13 +1,14 @@
-"""The load strategies of SQL targets (DuckDB, SQLite, PostgreSQL), written once.
+"""A load into a SQL target (DuckDB, SQLite, PostgreSQL), written once.
 
 A load opens one connection and runs one transaction: create the history table and the target
 table when missing (or check the target's columns), stage the rows in a temporary table (or, for
 DuckDB, the Arrow table itself), apply the mode with set-based SQL, insert the ``run_history`` row,
 commit. Any error rolls everything back and is raised as one line.
 
-A dialect supplies a :class:`Session` (its connection, the way it stages rows and lists a table's
-columns) and its type names; the SQL of each mode and the history live here, the checks of the
-result and the scd2 row hash in :mod:`~ematix_flow.pipelines.targets.rows`: the same for every
+A dialect supplies a :class:`~ematix_flow.pipelines.targets.session.Session` (its connection, the way
+it stages rows and lists a table's columns) and its type names; the checks, the transaction and the
+history live here, the SQL of each mode in :mod:`~ematix_flow.pipelines.targets.modes`, the checks of
+the result and the scd2 row hash in :mod:`~ematix_flow.pipelines.targets.rows`: the same for every
 database.
 """
 
@@ -17,15 +18,14 @@ import dataclasses
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, ClassVar, TypeVar, get_args
+from typing import ClassVar, TypeVar, get_args
 
 import pyarrow as pa
 
 from ematix_flow.errors import ConfigError, FlowError, LoadError
+from ematix_flow.pipelines.targets import modes
 from ematix_flow.pipelines.targets.base import (
     HISTORY_SCHEMA,
     HISTORY_TABLE,
@@ -43,11 +43,10 @@ from ematix_flow.pipelines.targets.rows import (
     prepare,
     row_hashes,
 )
+from ematix_flow.pipelines.targets.session import Session, TableName, quote, utc_text
 
 _log = logging.getLogger(__name__)
 
-#: The temporary table (DuckDB: the registered Arrow table) holding a load's rows.
-STAGE = "_ematix_flow_stage"
 KEYED_MODES = ("merge", "scd2")
 #: The history columns, with a portable type: "text", "bigint" or "timestamptz".
 HISTORY_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -67,103 +66,6 @@ HISTORY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("extra", "text"),
 )
 _T = TypeVar("_T")
-
-
-def quote(name: str) -> str:
-    """``name`` as a quoted SQL identifier (``a "b`` -> ``"a ""b"``), the same in all three databases."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-@dataclass(frozen=True)
-class TableName:
-    """A table, in a schema or in the connection's default schema (``schema`` None)."""
-
-    schema: str | None
-    name: str
-
-    @classmethod
-    def parse(cls, text: str, *, kind: str, schemas: bool = True) -> TableName:
-        """``"table"`` or ``"schema.table"`` (identifiers cannot contain a dot); ConfigError otherwise."""
-        parts = text.split(".")
-        if len(parts) > 2 or not all(parts):
-            raise ConfigError(f'{kind} target table {text!r}: use "table" or "schema.table"')
-        if len(parts) == 2 and not schemas:
-            raise ConfigError(
-                f"{kind} target table {text!r}: {kind} has no schemas, use a bare table name "
-                f'(e.g. table = "{parts[0]}_{parts[1]}")'
-            )
-        return cls(parts[0], parts[1]) if len(parts) == 2 else cls(None, parts[0])
-
-    def sql(self) -> str:
-        """The quoted, qualified name for SQL text."""
-        return f"{quote(self.schema)}.{quote(self.name)}" if self.schema else quote(self.name)
-
-    def __str__(self) -> str:
-        return f"{self.schema}.{self.name}" if self.schema else self.name
-
-
-def database_file(path: Path, create: bool) -> bool:
-    """Whether a file database may be opened at ``path``: it exists, or may be made (its folder is)."""
-    if path.exists():
-        return True
-    if create:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    return create
-
-
-def utc_text(moment: datetime) -> str:
-    """A moment as fixed-width UTC text, ``2024-05-01 12:00:00.000000+00:00`` (sorts as it orders)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
-
-
-# ------------------------------------------------------------------------------ sessions
-class Session(ABC):
-    """One open connection to a SQL database: the few operations a load needs."""
-
-    #: The placeholder of a query parameter: ``?`` (DuckDB, SQLite) or ``%s`` (psycopg).
-    param: ClassVar[str] = "?"
-
-    @abstractmethod
-    def begin(self) -> None:
-        """Start the transaction."""
-
-    @abstractmethod
-    def commit(self) -> None:
-        """Commit the transaction."""
-
-    @abstractmethod
-    def rollback(self) -> None:
-        """Roll the transaction back."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Close the connection (an open transaction is rolled back)."""
-
-    @abstractmethod
-    def execute(self, sql: str, params: Sequence[object] | None = None) -> None:
-        """Run one statement (parameters only with fixed SQL text: never with user identifiers)."""
-
-    @abstractmethod
-    def count(self, sql: str) -> int:
-        """Run one INSERT, UPDATE or DELETE; return the number of rows it changed."""
-
-    @abstractmethod
-    def fetch(self, sql: str, params: Sequence[object] | None = None) -> list[tuple[Any, ...]]:
-        """Run one query; return its rows."""
-
-    @abstractmethod
-    def columns(self, table: TableName) -> list[str]:
-        """The column names of ``table`` in order; empty when it does not exist."""
-
-    @abstractmethod
-    def stage(self, data: pa.Table, types: Sequence[str]) -> None:
-        """Make ``data`` readable as the table :data:`STAGE` (of SQL ``types``) in this transaction."""
-
-    def arrow_types(self, table: TableName) -> dict[str, pa.DataType]:
-        """The Arrow type of each column of an existing ``table``, where the database says (else none)."""
-        return {}
 
 
 def fit_columns(data: pa.Table, existing: Mapping[str, pa.DataType], where: str) -> pa.Table:
@@ -402,52 +304,14 @@ class SQLTarget(ABC):
     def _apply(
         self, session: Session, mode: LoadMode, keys: list[str], data: pa.Table, started: datetime
     ) -> dict[str, int]:
-        """Run ``mode``'s SQL from the stage into the table; return its counts."""
+        """Run ``mode``'s SQL (:mod:`~ematix_flow.pipelines.targets.modes`) from the stage into the table."""
+        names, total = data.column_names, data.num_rows
         if mode == "merge":
-            return self._merge(session, keys, data.column_names, data.num_rows)
+            return modes.merge(session, self.table, keys, names, total, distinct=self._distinct)
         if mode == "scd2":
-            return self._scd2(session, keys, data.column_names, data.num_rows, started)
-        table, columns = self.table.sql(), _column_list(data.column_names)
-        counts = {"deleted": session.count(f"DELETE FROM {table}")} if mode == "truncate" else {}
-        insert = f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {quote(STAGE)}"
-        counts["inserted"] = session.count(insert)
-        return counts
-
-    def _merge(self, session: Session, keys: list[str], names: list[str], total: int) -> dict[str, int]:
-        """Update the rows whose keys match and whose values differ; insert the rows of new keys."""
-        table, stage, match = self.table.sql(), quote(STAGE), _key_match(keys)
-        updated = 0
-        others = [name for name in names if name not in keys]
-        if others:
-            sets = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in others)
-            changed = " OR ".join(self._distinct(f"t.{quote(c)}", f"s.{quote(c)}") for c in others)
-            updated = session.count(
-                f"UPDATE {table} AS t SET {sets} FROM {stage} AS s WHERE {match} AND ({changed})"
-            )
-        inserted = session.count(
-            f"INSERT INTO {table} ({_column_list(names)}) SELECT {_column_list(names, 's')} "
-            f"FROM {stage} AS s WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {match})"
-        )
-        return {"inserted": inserted, "updated": updated, "unchanged": total - inserted - updated}
-
-    def _scd2(
-        self, session: Session, keys: list[str], names: list[str], total: int, started: datetime
-    ) -> dict[str, int]:
-        """Close the current versions whose row hash changed; insert versions for keys with none current."""
-        table, stage, match = self.table.sql(), quote(STAGE), _key_match(keys)
-        now = self._timestamp_literal(started)
-        valid_to, is_current, row_hash = quote("valid_to"), quote("is_current"), quote("row_hash")
-        closed = session.count(
-            f"UPDATE {table} AS t SET {valid_to} = {now}, {is_current} = FALSE FROM {stage} AS s "
-            f"WHERE t.{is_current} AND {match} AND t.{row_hash} <> s.{row_hash}"
-        )
-        no_version = f"CAST(NULL AS {self.type_names['timestamptz']})"
-        inserted = session.count(
-            f"INSERT INTO {table} ({_column_list([*names, *SCD2_COLUMNS])}) "
-            f"SELECT {_column_list(names, 's')}, {now}, {no_version}, TRUE, s.{row_hash} FROM {stage} AS s "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE t.{is_current} AND {match})"
-        )
-        return {"inserted": inserted, "closed": closed, "unchanged": total - inserted}
+            now, timestamptz = self._timestamp_literal(started), self.type_names["timestamptz"]
+            return modes.scd2(session, self.table, keys, names, total, now=now, timestamptz=timestamptz)
+        return modes.insert(session, self.table, names, truncate=mode == "truncate")
 
     def _insert_history(self, session: Session, run: RunRecord) -> None:
         values: list[object] = [
@@ -496,12 +360,3 @@ def _close_quietly(session: Session) -> None:
         session.close()
     except Exception as exc:  # closing discards an uncommitted transaction either way
         _log.debug("close failed: %s", one_line(exc))
-
-
-def _column_list(names: Sequence[str], alias: str = "") -> str:
-    prefix = f"{alias}." if alias else ""
-    return ", ".join(prefix + quote(name) for name in names)
-
-
-def _key_match(keys: Sequence[str]) -> str:
-    return " AND ".join(f"t.{quote(key)} = s.{quote(key)}" for key in keys)

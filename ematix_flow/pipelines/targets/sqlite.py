@@ -18,15 +18,15 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from ematix_flow.pipelines.targets.rows import python_rows
-from ematix_flow.pipelines.targets.sql import (
+from ematix_flow.pipelines.targets.session import (
     STAGE,
     Session,
-    SQLTarget,
     TableName,
     database_file,
     quote,
     utc_text,
 )
+from ematix_flow.pipelines.targets.sql import SQLTarget
 
 BUSY_TIMEOUT = 30.0  # seconds to wait for another writer's lock
 #: Arrow categories (see ``sql.category``) to SQLite declared types (their affinity is what counts).

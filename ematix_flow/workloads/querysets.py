@@ -43,7 +43,7 @@ class QuerySet:
         Raises:
             ConfigError: the folder is absent (an installed package without the source tree).
         """
-        folder = Path(__file__).resolve().parents[1] / "bench" / self.key / "queries"
+        folder = Path(__file__).resolve().parents[2] / "bench" / self.key / "queries"
         if not folder.is_dir():
             raise ConfigError(f"{self.title} query texts not found at {folder}: run from a source checkout")
         return folder

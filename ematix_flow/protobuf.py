@@ -3,6 +3,8 @@
 No ``.proto`` schema ships with the ``datafusion`` wheel, so plans are walked and edited at the wire
 level: a message is a list of :class:`Field` (number, wire type, value). Hand-written on purpose:
 the whole codec is ~80 lines and adding ``protobuf`` + a copied schema would not remove the field map.
+Shared by the planner (DataFusion plans) and :mod:`ematix_flow.flightsql` (Flight SQL messages), it is
+a leaf: it imports nothing of the project but :mod:`ematix_flow.errors`.
 """
 
 from __future__ import annotations

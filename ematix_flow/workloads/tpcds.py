@@ -4,7 +4,7 @@ The extension ships as a file inside the ``duckdb-extension-tpcds`` package and 
 with DuckDB's extension auto-install and auto-load off: nothing is ever downloaded at run time.
 
 Example:
-    >>> from ematix_flow import tpcds
+    >>> from ematix_flow.workloads import tpcds
     >>> data = tpcds.generate(0.1, "data/tpcds-sf0.1")  # doctest: +SKIP
     >>> ctx = datafusion.SessionContext()  # doctest: +SKIP
     >>> tpcds.register_all(ctx, data)  # doctest: +SKIP
@@ -23,7 +23,7 @@ from pathlib import Path
 import duckdb
 
 from ematix_flow.errors import ConfigError
-from ematix_flow.querysets import QuerySet, table_path
+from ematix_flow.workloads.querysets import QuerySet, table_path
 
 __all__ = [
     "TABLES",

@@ -1,7 +1,7 @@
 """TPC-H data and queries: generate Parquet with ``tpchgen-cli``, read the 22 query texts, register tables.
 
 Example:
-    >>> from ematix_flow import tpch
+    >>> from ematix_flow.workloads import tpch
     >>> data = tpch.generate(0.1, "data/tpch-sf0.1")  # doctest: +SKIP
     >>> ctx = datafusion.SessionContext()  # doctest: +SKIP
     >>> tpch.register_all(ctx, data)  # doctest: +SKIP
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from ematix_flow.errors import ConfigError
-from ematix_flow.querysets import QuerySet, table_path
+from ematix_flow.workloads.querysets import QuerySet, table_path
 
 __all__ = [
     "TABLES",

@@ -6,7 +6,8 @@ legitimately differ (decimal precision, NULL ordering), and the mesh is meant to
 A query single-process DataFusion cannot run is skipped and not counted against the mesh.
 
 Example:
-    >>> from ematix_flow import Mesh, check
+    >>> from ematix_flow import Mesh
+    >>> from ematix_flow.workloads import check
     >>> data = check.prepare_data("tpch", 0.1)  # doctest: +SKIP
     >>> with Mesh.local(workers=3) as mesh:  # doctest: +SKIP
     ...     results = check.run_check("tpch", mesh, data, check.select("tpch", "q01,q06"))
@@ -29,10 +30,10 @@ import duckdb
 import pyarrow as pa
 from datafusion import SessionConfig, SessionContext
 
-from ematix_flow import tpcds, tpch
-from ematix_flow.compare import compare_tables, query_is_ordered
 from ematix_flow.errors import ConfigError, FlowError
-from ematix_flow.querysets import ParquetRegistrar
+from ematix_flow.workloads import tpcds, tpch
+from ematix_flow.workloads.compare import compare_tables, query_is_ordered
+from ematix_flow.workloads.querysets import ParquetRegistrar
 
 __all__ = [
     "BENCHMARKS",
@@ -65,7 +66,7 @@ _REFERENCE_PARTITIONS = 2
 
 
 class _Benchmark(Protocol):
-    """What :mod:`ematix_flow.tpch` and :mod:`ematix_flow.tpcds` both offer."""
+    """What :mod:`ematix_flow.workloads.tpch` and :mod:`ematix_flow.workloads.tpcds` both offer."""
 
     @property
     def TABLES(self) -> tuple[str, ...]:  # noqa: N802 - the module constant
