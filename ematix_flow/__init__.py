@@ -12,7 +12,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ematix_flow.errors import (
     AccessDeniedError,
@@ -76,7 +76,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     """Import a public name of :data:`_LAZY` on first access (PEP 562) and keep it."""
     module = _LAZY.get(name)
     if module is None:

@@ -10,6 +10,8 @@ import pytest
 
 import ematix_flow
 
+pytestmark = pytest.mark.integration  # each check runs a fresh interpreter
+
 # What a pure module must not pull in: the submitter, the worker, the network.
 HEAVY = ("ematix_flow.coordinator_lib", "ematix_flow.worker", "pyarrow.flight")
 
