@@ -29,6 +29,7 @@ from ematix_flow.engine.digest import hash_digest
 from ematix_flow.engine.exchange import schema_bytes, unique_names
 from ematix_flow.engine.run import decode, stream_partitions
 from ematix_flow.engine.settings import execution_context, planning_context
+from ematix_flow.engine.tasks import TaskRunner
 from ematix_flow.errors import (
     ConfigError,
     FlowError,
@@ -41,7 +42,6 @@ from ematix_flow.errors import (
 from ematix_flow.transport.flight import ClientPool
 from ematix_flow.transport.messages import PeerInfo, TaskResult
 from ematix_flow.transport.tls import TLSConfig, init_certs
-from ematix_flow.worker.tasks import TaskRunner
 
 log = logging.getLogger(__name__)
 
