@@ -7,15 +7,17 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from support import local_mesh, spawned_workers, wait_until
 
-from bench.faults import kill_one
+from bench.faults import KillResult, kill_one
 from ematix_flow import Mesh, PeerUnreachableError, TLSConfig, TLSError
 from ematix_flow.coordinator_lib.local import spawn_worker
+from ematix_flow.coordinator_lib.report import RunReport
 from ematix_flow.transport.flight import ClientPool
 from ematix_flow.transport.messages import PeerInfo
 from ematix_flow.workloads import tpch
@@ -56,37 +58,83 @@ def _run_and_kill(mesh: Mesh, sql: str, work: Path, victims: int, after_tasks: i
     return table
 
 
-@pytest.mark.parametrize("after_tasks", [1, 2, 3])
-@pytest.mark.parametrize("query", [3, 5, 9, 18, 21])
-def test_one_peer_killed_mid_query(
-    tpch_data: Path, reference: Callable[[str], pa.Table], tmp_path: Path, query: int, after_tasks: int
-) -> None:
-    sql = tpch.query(query)
-    with local_mesh(workers=3, min_task_bytes=1, work_dir=tmp_path) as mesh:
-        tpch.register_all(mesh, tpch_data)
-        got = _run_and_kill(mesh, sql, tmp_path, victims=1, after_tasks=after_tasks)
-        assert compare_tables(got, reference(sql), ordered=query_is_ordered(sql)) is None
-        run = mesh.last_run
-        assert run is not None
-        if run.peers_lost:  # the kill landed while the query ran (else it finished first: still right)
-            assert run.peers_lost == [mesh.workers[1].address] and run.retries >= 1, str(run)
-        LANDED.append(bool(run.peers_lost))
+#: The kill cases: each query, with the peer killed once the first victim has started this many tasks.
+KILL_QUERIES = [3, 5, 9, 18, 21]
+KILL_AFTER_TASKS = [1, 2, 3]
+
+
+@dataclass
+class Killed:
+    """One query run on a fresh 3-peer mesh while one of its peers was SIGKILLed."""
+
+    table: pa.Table | None
+    error: Exception | None
+    run: RunReport | None
+    victim: str
+    leftovers: list[Path]  # query files still on the live peers after the query
+
+    @property
+    def landed(self) -> bool:
+        """The peer died while the query ran (else the query had finished first)."""
+        return self.run is not None and bool(self.run.peers_lost)
+
+
+def _kill_case(data: Path, work: Path, query: int, after_tasks: int) -> Killed:
+    with local_mesh(workers=3, min_task_bytes=1, work_dir=work) as mesh:
+        tpch.register_all(mesh, data)
+        table: pa.Table | None = None
+        error: Exception | None = None
+        try:
+            table = _run_and_kill(mesh, tpch.query(query), work, victims=1, after_tasks=after_tasks)
+        except Exception as exc:
+            error = exc
         # no shuffle file outlives its query on the live peers (the dead one's go when a worker
         # next starts in that folder)
         live = [w for w in mesh.workers if w.process.poll() is None]
-        for w in live:
-            assert not list(tmp_path.glob(f"*/work/flow-worker-{w.pid}-*/[0-9a-f]*")), "files left behind"
+        leftovers = [p for w in live for p in work.glob(f"*/work/flow-worker-{w.pid}-*/[0-9a-f]*")]
+        return Killed(table, error, mesh.last_run, mesh.workers[1].address, leftovers)
 
 
-LANDED: list[bool] = []
+@pytest.fixture(scope="module")
+def kill_cases(tpch_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, int], Killed]:
+    """``kill_cases(query, after_tasks)``: that case, run once per module (for its test and the tally)."""
+    done: dict[tuple[int, int], Killed] = {}
+
+    def case(query: int, after_tasks: int) -> Killed:
+        if (query, after_tasks) not in done:
+            work = tmp_path_factory.mktemp(f"kill-q{query}-after{after_tasks}")
+            done[query, after_tasks] = _kill_case(tpch_data, work, query, after_tasks)
+        return done[query, after_tasks]
+
+    return case
 
 
-def test_most_kills_landed_mid_query() -> None:
-    # runs after the parametrized cases above (file order): most kills must hit a running query,
-    # or the cases above prove nothing
-    if len(LANDED) < 15:
-        pytest.skip("needs the 15 kill cases of this file in the same run (a -k selection ran fewer)")
-    assert sum(LANDED) >= 10, LANDED
+@pytest.mark.parametrize("after_tasks", KILL_AFTER_TASKS)
+@pytest.mark.parametrize("query", KILL_QUERIES)
+def test_one_peer_killed_mid_query(
+    kill_cases: Callable[[int, int], Killed],
+    reference: Callable[[str], pa.Table],
+    query: int,
+    after_tasks: int,
+) -> None:
+    sql = tpch.query(query)
+    killed = kill_cases(query, after_tasks)
+    if killed.error is not None:
+        raise killed.error
+    assert killed.table is not None
+    assert compare_tables(killed.table, reference(sql), ordered=query_is_ordered(sql)) is None
+    run = killed.run
+    assert run is not None
+    if run.peers_lost:  # the kill landed while the query ran (else it finished first: still right)
+        assert run.peers_lost == [killed.victim] and run.retries >= 1, str(run)
+    assert not killed.leftovers, "files left behind"
+
+
+def test_most_kills_landed_mid_query(kill_cases: Callable[[int, int], Killed]) -> None:
+    # the 15 cases of test_one_peer_killed_mid_query (run here unless that test ran them already):
+    # most kills must hit a running query, or those cases prove nothing
+    landed = [kill_cases(query, after).landed for query in KILL_QUERIES for after in KILL_AFTER_TASKS]
+    assert sum(landed) >= 10, landed
 
 
 def test_two_of_three_killed_the_last_answers(
@@ -144,23 +192,32 @@ def test_a_restarted_peer_rejoins(certs_dir: Path, tpch_data: Path, tmp_path: Pa
             back.stop()
 
 
-KILLED: list[bool] = []
+@pytest.fixture(scope="module")
+def random_kills(tpch_data: Path, reference: Callable[[str], pa.Table]) -> Callable[[int], KillResult]:
+    """``random_kills(n)``: TPC-H query n with a peer killed at a random moment, run once per module."""
+    done: dict[int, KillResult] = {}
+
+    def case(query: int) -> KillResult:
+        if query not in done:
+            sql = tpch.query(query)
+            done[query] = kill_one(f"q{query:02d}", sql, tpch_data, 3, random.Random(query), reference(sql))
+        return done[query]
+
+    return case
 
 
 @pytest.mark.parametrize("query", range(1, 23))
 def test_every_tpch_query_survives_a_peer_killed_at_a_random_moment(
-    tpch_data: Path, reference: Callable[[str], pa.Table], query: int
+    random_kills: Callable[[int], KillResult], query: int
 ) -> None:
-    sql = tpch.query(query)
-    result = kill_one(f"q{query:02d}", sql, tpch_data, 3, random.Random(query), reference(sql))
+    result = random_kills(query)
     assert result.equal, result.error or "different answer"
-    KILLED.append(result.landed)
 
 
-def test_most_random_kills_landed_mid_query() -> None:
-    if len(KILLED) < 22:
-        pytest.skip("needs the 22 random-kill cases of this file in the same run (a -k selection ran fewer)")
-    assert sum(KILLED) >= 15, KILLED
+def test_most_random_kills_landed_mid_query(random_kills: Callable[[int], KillResult]) -> None:
+    # the 22 cases above (run here unless they ran already): most kills must hit a running query
+    landed = [random_kills(query).landed for query in range(1, 23)]
+    assert sum(landed) >= 15, landed
 
 
 def test_a_worker_knows_which_of_its_peers_are_down(certs_dir: Path, tmp_path: Path) -> None:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from ematix_flow.errors import PeerUnreachableError
+from ematix_flow.errors import FlowError, PeerUnreachableError
+from ematix_flow.transport.tls import TLSConfig, init_certs
 
 _READY = re.compile(r"flow-worker ready on grpc(?:\+tls)?://(\S+)")
 
@@ -99,6 +103,62 @@ def spawn_worker(
     worker.stop()
     tail = " / ".join(worker.log[-3:]) or line.strip() or "no output"
     raise PeerUnreachableError(f"local flow-worker did not start: {tail}")
+
+
+@dataclass
+class LocalPeers:
+    """Workers started for one Mesh, with the folder that holds their certificates and work dirs."""
+
+    workers: list[LocalWorker]
+    tls: TLSConfig | None  # None: they run without TLS
+    base: Path
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every worker's "host:port"."""
+        return [w.address for w in self.workers]
+
+    def stop(self) -> None:
+        """Stop every worker and remove the folder."""
+        for w in self.workers:
+            w.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def spawn_local(
+    workers: int,
+    *,
+    insecure: bool = False,
+    work_dir: str | os.PathLike[str] | None = None,
+    log_level: str = "warning",
+) -> LocalPeers:
+    """Start ``workers`` flow-workers in parallel in a new folder under ``work_dir``.
+
+    Unless ``insecure``, they share fresh mTLS certificates made in that folder. When any worker
+    fails to start, those that did are stopped, the folder removed, and the first failure raised.
+    """
+    base = Path(tempfile.mkdtemp(prefix="flow-local-", dir=work_dir))
+    tls_dir = None if insecure else base / "certs"
+    spawned: list[LocalWorker] = []
+    try:
+        if tls_dir is not None:
+            init_certs(tls_dir, ["127.0.0.1", "localhost"])
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            futures = [
+                ex.submit(spawn_worker, tls_dir, base / "work", log_level=log_level) for _ in range(workers)
+            ]
+            for f in futures:
+                try:
+                    spawned.append(f.result())
+                except FlowError:
+                    continue
+            for f in futures:
+                f.result()  # re-raise the first start failure
+        tls = TLSConfig.from_dir(tls_dir) if tls_dir else None
+    except BaseException:
+        LocalPeers(spawned, None, base).stop()
+        raise
+    return LocalPeers(spawned, tls, base)
 
 
 def _collect(stream: IO[str], sink: list[str]) -> None:

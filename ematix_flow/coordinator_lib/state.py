@@ -7,7 +7,8 @@ A task launches as soon as every stage it reads is complete, so independent stag
 
 When a peer dies, every task whose outputs lived there is run again on a live peer (lineage), and
 the tasks that could not read them are relaunched once their inputs are whole again; a task gets
-``max_attempts`` tries before the query fails with an error naming the stage and the peers.
+``max_attempts`` tries before the query fails with an error naming the stage and the peers. The root
+stage, which the submitter runs, starts again after lost inputs up to ``max_attempts`` times.
 """
 
 from __future__ import annotations
@@ -290,6 +291,19 @@ class QueryState:
                 peer=error.peer,
             ) from error
         self.retries += 1
+
+    def root_failed(self, error: PeerUnreachableError) -> None:
+        """The root stage could not read its inputs because a peer is gone: it starts again later.
+
+        What the peer held is re-made elsewhere (``peer_down``) and the root goes back to pending.
+        Raises ``error`` when the root has lost inputs more than ``max_attempts`` times or no peer
+        is left.
+        """
+        self.peer_down(error.peer)
+        self.root_attempts += 1
+        self.root_status = "pending"
+        if self.root_attempts > self.max_attempts or not self.live_peers:
+            raise error
 
     def peer_down(self, peer: str) -> None:
         """Forget everything ``peer`` held: its finished outputs are re-made elsewhere (lineage)."""

@@ -5,6 +5,8 @@ no planning and needs no access to the data: it sends the SQL (``GetFlightInfo``
 ``CommandStatementQuery``) and streams the result (``DoGet`` of the statement's ticket), over the same
 mutual TLS as every other hop. A client cookie keeps one Flight SQL session per ``ViaClient``, so
 tables it creates (``CREATE EXTERNAL TABLE``) are its own until it closes.
+
+``ViaMesh`` is what ``Mesh(via=...)`` makes: a ``Mesh`` whose methods go through a ``ViaClient``.
 """
 
 from __future__ import annotations
@@ -12,12 +14,17 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
+from datafusion import AggregateUDF, ScalarUDF
 
+from ematix_flow.coordinator_lib.mesh import DEFAULT_LOCAL_BELOW_BYTES, DEFAULT_MIN_TASK_BYTES, Mesh
+from ematix_flow.coordinator_lib.progress import ProgressHook
+from ematix_flow.coordinator_lib.report import RunReport
 from ematix_flow.errors import ConfigError, FlowError, QueryTimeoutError
 from ematix_flow.flightsql import metadata
 from ematix_flow.flightsql.ddl import CreateTable
@@ -29,6 +36,7 @@ from ematix_flow.flightsql.protocol import (
     Message,
 )
 from ematix_flow.transport.flight import translate
+from ematix_flow.transport.messages import PeerInfo
 from ematix_flow.transport.tls import TLSConfig, flight_client_kwargs, location
 
 log = logging.getLogger(__name__)
@@ -167,4 +175,131 @@ class ViaClient:
             list(self._client.do_action(flight.Action("CloseSession", b""), self._options(5.0)))
         except (flight.FlightError, OSError, pa.ArrowException) as exc:
             log.info("CloseSession on %s failed: %s", self.address, str(exc).splitlines()[0][:200])
+        self._client.close()
+
+
+class ViaMesh(Mesh):
+    """A Mesh whose queries a peer plans and drives (``Mesh(via="HOST:PORT")`` makes one).
+
+    ``sql``, ``sql_batches``, ``schema``, ``tables`` and the ``register_*`` methods go to the peer
+    over Flight SQL; what needs a planner in this process (``explain``, ``analyze``, UDFs) is refused.
+    """
+
+    def __init__(
+        self,
+        peers: Sequence[str],
+        tls: TLSConfig | None = None,
+        *,
+        insecure: bool = False,
+        partitions: int | None = None,
+        min_task_bytes: int = DEFAULT_MIN_TASK_BYTES,
+        local_reads: bool = True,
+        local_below_bytes: int = DEFAULT_LOCAL_BELOW_BYTES,
+        max_attempts: int = 3,
+        query_timeout: float | None = None,
+        connect_timeout: float = 5.0,
+        task_timeout: float | None = None,
+        settings: dict[str, str] | None = None,
+        via: str | None = None,
+        memory_limit: int | None = None,
+    ) -> None:
+        """Connect to peer ``via`` (see ``Mesh``); ``partitions`` and ``settings`` are refused.
+
+        The options that shape tasks (``min_task_bytes``, ``local_reads``, ...) are the peer's own:
+        they are accepted and ignored here.
+        """
+        # Mesh.__init__ is not called: nothing here plans, spawns or talks to the peers themselves
+        address = via.strip() if via else ""
+        self.via = address
+        self.peers = [p.strip() for p in peers if p.strip()]
+        if tls is None and not insecure:
+            raise ConfigError("no TLS material: pass tls=TLSConfig.from_dir('certs') or insecure=True")
+        self.tls = tls
+        self.workers = []
+        self.last_run = None
+        self._owned_dir = None
+        self._closed = False
+        if partitions is not None or settings:
+            raise ConfigError("partitions and settings are the planning peer's with via=...: leave them out")
+        self._client = ViaClient(address, tls, timeout=query_timeout, connect_timeout=connect_timeout)
+        self.peer_info: dict[str, PeerInfo] = {}
+
+    @property
+    def peers_alive(self) -> list[str]:
+        """The peers given (this side asks none of them: the planning peer knows which are down)."""
+        return list(self.peers)
+
+    def register_parquet(self, name: str, path: str | os.PathLike[str], **options: Any) -> None:
+        """Register a Parquet file or folder (the peer's absolute path) in this session on the peer."""
+        return self._client.register(name, "parquet", path, options)
+
+    def register_csv(self, name: str, path: str | os.PathLike[str], **options: Any) -> None:
+        """Register a CSV file or folder (the peer's absolute path) in this session on the peer."""
+        return self._client.register(name, "csv", path, options)
+
+    def register_json(self, name: str, path: str | os.PathLike[str], **options: Any) -> None:
+        """Register a newline-delimited JSON file or folder (the peer's) in this session on the peer."""
+        return self._client.register(name, "json", path, options)
+
+    def tables(self) -> dict[str, pa.Schema]:
+        """The tables this session sees on the peer, with their schemas."""
+        return self._client.tables()
+
+    def schema(self, sql: str, *, read_only: bool = False) -> pa.Schema:
+        """The schema of the result of ``sql``, planned by the peer without running it."""
+        return self._client.schema(sql)
+
+    def register_udf(self, function: ScalarUDF | AggregateUDF) -> None:
+        """Refused: a UDF travels in plans made here, and the peer plans."""
+        raise self._no_planner("register_udf")
+
+    def explain(
+        self,
+        sql: str,
+        analyze: bool = False,
+        *,
+        timeout: float | None = None,
+        progress: ProgressHook | None = None,
+    ) -> str:
+        """Refused: send ``EXPLAIN ...`` as SQL instead."""
+        raise self._no_planner("analyze" if analyze else "explain")
+
+    def analyze(
+        self, sql: str, *, timeout: float | None = None, progress: ProgressHook | None = None
+    ) -> RunReport:
+        """Refused: the peer drives the stages, so no stage report arrives here."""
+        raise self._no_planner("analyze")
+
+    def _no_planner(self, what: str) -> ConfigError:
+        return ConfigError(
+            f"Mesh.{what} needs the planner of this process, but peer {self.via} plans its queries "
+            "(via=...): connect with peers=[...] and the data paths instead, or send EXPLAIN as SQL"
+        )
+
+    def _batches(
+        self,
+        sql: str,
+        schema_out: list[pa.Schema],
+        timeout: float | None = None,
+        hook: ProgressHook | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> Generator[pa.RecordBatch, None, None]:
+        """Run ``sql`` through the peer that plans it; ``last_run`` holds its schema, rows and time."""
+        if self._closed:
+            raise ConfigError("this Mesh is closed: open a new one")
+        t0 = time.perf_counter()
+        schema, batches = self._client.sql(sql, timeout)
+        schema_out.append(schema)
+        report = RunReport("", sql, [], schema=schema, note=f"planned and driven by peer {self.via}")
+        self.last_run = report
+        try:
+            for batch in batches:
+                report.rows += batch.num_rows
+                yield batch
+        finally:
+            report.seconds = time.perf_counter() - t0
+
+    def close(self) -> None:
+        """End the session on the peer (its CREATE EXTERNAL TABLE tables go) and disconnect."""
+        self._closed = True
         self._client.close()

@@ -21,6 +21,7 @@ from ematix_flow.engine.digest import hash_digest
 from ematix_flow.engine.exchange import host_id
 from ematix_flow.engine.run import is_panic
 from ematix_flow.engine.settings import execution_context
+from ematix_flow.engine.tasks import TaskRunner
 from ematix_flow.errors import (
     AccessDeniedError,
     FlowError,
@@ -46,7 +47,6 @@ from ematix_flow.worker.gateway import Gateway
 from ematix_flow.worker.limits import WorkerLimits
 from ematix_flow.worker.policy import AccessPolicy
 from ematix_flow.worker.store import WorkStore, check_query_id
-from ematix_flow.worker.tasks import TaskRunner
 from ematix_flow.worker.telemetry import Metrics, PeerBook, ProcessMeter, QueryLog, TaskOutcome
 
 if TYPE_CHECKING:
