@@ -35,8 +35,9 @@ from ematix_flow.flightsql.protocol import (
     CommandStatementQuery,
     pack,
 )
+from ematix_flow.transport.certs import init_certs, issue_cert
 from ematix_flow.transport.messages import PeerInfo
-from ematix_flow.transport.tls import flight_client_kwargs, init_certs, issue_cert
+from ematix_flow.transport.tls import flight_client_kwargs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

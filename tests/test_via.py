@@ -29,7 +29,7 @@ from support import (
 from ematix_flow import ConfigError, Mesh, QueryError, TLSConfig, tpch
 from ematix_flow.compare import compare_tables, query_is_ordered
 from ematix_flow.coordinator_lib.local import LocalWorker, spawn_worker
-from ematix_flow.transport.tls import init_certs, issue_cert
+from ematix_flow.transport.certs import init_certs, issue_cert
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -49,7 +49,7 @@ from sqlglot.generators.postgres import PostgresGenerator
 from sqlglot.optimizer.annotate_types import annotate_types
 from sqlglot.time import format_time
 
-from ematix_flow.errors import ConfigError, QueryError
+from ematix_flow.errors import ConfigError, QueryError, first_line
 
 SOURCES = ("datafusion", "spark", "duckdb")
 #: sqlglot's time format (Python strftime, with Spark's strict markers) -> chrono's (DataFusion).
@@ -100,7 +100,7 @@ def translate(sql: str, source: str, *, pretty: bool = False) -> str:
     try:
         return generator.generate(tree, copy=False)
     except SqlglotError as exc:
-        raise QueryError(f"cannot translate {source} SQL to DataFusion: {_first_line(exc)}") from exc
+        raise QueryError(f"cannot translate {source} SQL to DataFusion: {first_line(exc)}") from exc
 
 
 # -------------------------------------------------------------------------------- parse, refuse
@@ -111,10 +111,10 @@ def _parse(sql: str, source: str) -> exp.Expr:
     except ParseError as exc:
         error = exc.errors[0] if exc.errors else {}
         where = f" at line {error['line']}, column {error['col']}" if "line" in error else ""
-        what = error.get("description") or _first_line(exc)
+        what = error.get("description") or first_line(exc)
         raise QueryError(f"cannot parse the {source} SQL{where}: {what}") from exc
     except SqlglotError as exc:
-        raise QueryError(f"cannot parse the {source} SQL: {_first_line(exc)}") from exc
+        raise QueryError(f"cannot parse the {source} SQL: {first_line(exc)}") from exc
     if len(trees) != 1:
         raise QueryError(f"give exactly one {source} query, not {len(trees)} statements")
     tree = trees[0]
@@ -261,11 +261,6 @@ def _integer(node: exp.Expr) -> int | None:
 
 def _date_part(part: str, value: exp.Expr) -> exp.Expr:
     return exp.Anonymous(this="date_part", expressions=[exp.Literal.string(part), value.copy()])
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 # -------------------------------------------------------------------------------- generator
