@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from bench import pinning
+from ematix_flow.errors import first_line
 from ematix_flow.workloads.tpch import table_path
 
 __all__ = [
@@ -334,7 +335,7 @@ class SparkEngine:
         try:
             self._spark = builder.getOrCreate()
         except Exception as exc:  # no Java, or a JVM that refuses to start
-            raise EngineUnavailable(f"Spark did not start: {str(exc).strip().splitlines()[0]}") from exc
+            raise EngineUnavailable(f"Spark did not start: {first_line(exc)}") from exc
         self._spark.sparkContext.setLogLevel("ERROR")
         for name in tables:
             self._spark.read.parquet(str(_table(data_dir, name))).createOrReplaceTempView(name)
@@ -401,7 +402,7 @@ class FlightSqlEngine:
         from adbc_driver_flightsql import DatabaseOptions
 
         from ematix_flow.coordinator_lib.local import spawn_worker
-        from ematix_flow.transport.tls import init_certs
+        from ematix_flow.transport.certs import init_certs
 
         self._base = Path(tempfile.mkdtemp(prefix="bench-flightsql-"))
         certs = self._base / "certs"

@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from ematix_flow.errors import FlowError
-from ematix_flow.transport.tls import init_certs, issue_cert
+from ematix_flow.transport.certs import init_certs, issue_cert
 
 CA_FILE = "ca.pem"
 EXTRA_HOSTS = ("localhost",)  # the healthcheck reaches its own worker as localhost

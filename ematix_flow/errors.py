@@ -8,6 +8,19 @@ are translated at the boundary with the original kept as ``__cause__``.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException | str, limit: int | None = None) -> str:
+    """The first non-blank line of an exception's message (or of a text), stripped, for one-line errors.
+
+    An exception with an empty message gives its class name; ``limit`` cuts the line to that many
+    characters. Engines and drivers put context on later lines; users get the first.
+    """
+    lines = (line.strip() for line in str(exc).splitlines())
+    line = next((ln for ln in lines if ln), "")
+    if not line and isinstance(exc, BaseException):
+        line = type(exc).__name__
+    return line if limit is None else line[:limit]
+
+
 class FlowError(Exception):
     """Root of every ematix-flow error."""
 
@@ -52,13 +65,29 @@ class PlanningError(FlowError):
     """The physical plan could not be cut into stages (an engine limitation, not the user's SQL)."""
 
 
-class TaskFailedError(FlowError):
-    """A task failed on a peer while the query ran."""
+class UnsplittableError(PlanningError):
+    """A stage cannot be split by partition: it must run as one task."""
 
-    def __init__(self, message: str, *, peer: str = "", stage: int = -1) -> None:
+
+class TaskFailedError(FlowError):
+    """A task failed on a peer while the query ran.
+
+    ``reason`` is :attr:`CUT` when the stage could not start over spliced inputs (an engine
+    limitation at that cut, not bad data or a bad peer): the submitter then re-plans the query with
+    the stage's input exchanges kept inside it. The engine boundary that caught the failure sets it.
+    """
+
+    #: ``reason`` of a stage that cannot start where the plan was cut.
+    CUT = "cut"
+
+    def __init__(
+        self, message: str, *, peer: str = "", stage: int = -1, query_id: str = "", reason: str = ""
+    ) -> None:
         super().__init__(message)
         self.peer = peer
         self.stage = stage
+        self.query_id = query_id
+        self.reason = reason
 
 
 class ProtocolError(FlowError):

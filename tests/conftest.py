@@ -18,7 +18,7 @@ from support import HOSTS, local_mesh
 
 from ematix_flow import Mesh
 from ematix_flow.engine.settings import planning_context
-from ematix_flow.transport.tls import init_certs
+from ematix_flow.transport.certs import init_certs
 from ematix_flow.workloads import tpch
 
 pytest_plugins = ["pgserver"]  # postgres_dsn / postgres_db: one private PostgreSQL for the session

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 import shutil
 import stat
 from collections.abc import Iterator
@@ -19,18 +20,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ematix_flow.cli.certs_cmd import certs
-from ematix_flow.errors import ConfigError, TLSError
-from ematix_flow.transport.tls import (
-    TLSConfig,
-    flight_client_kwargs,
-    flight_server_kwargs,
-    init_certs,
-    issue_cert,
-    location,
-)
+from ematix_flow.errors import ConfigError, FlowError, PeerUnreachableError, TLSError
+from ematix_flow.transport.certs import init_certs, issue_cert
+from ematix_flow.transport.flight import ClientPool
+from ematix_flow.transport.tls import TLSConfig, flight_client_kwargs, flight_server_kwargs, location
 
 HOSTS = ["127.0.0.1", "localhost"]
 CALL = flight.FlightCallOptions(timeout=5)
+#: How gRPC's client sees a server that refused it during the handshake: the server hung up.
+HUNG_UP = r"Socket closed|Connection reset by peer"
 
 
 def _cert(path: Path) -> x509.Certificate:
@@ -336,7 +334,7 @@ def test_mtls_accepts_a_client_signed_by_the_mesh_ca(mesh: Path) -> None:
 def test_mtls_refuses_a_client_without_a_certificate(mesh: Path) -> None:
     tls = TLSConfig.from_dir(mesh)
     with _serve(tls) as address:
-        with pytest.raises(flight.FlightUnavailableError):
+        with pytest.raises(flight.FlightUnavailableError, match=HUNG_UP):
             _whoami(location(address, tls), tls_root_certs=tls.ca_pem)
         assert _whoami(location(address, tls), **flight_client_kwargs(tls)) == b"peer"  # still up
 
@@ -347,10 +345,10 @@ def test_mtls_refuses_a_client_of_a_foreign_ca(mesh: Path, tmp_path: Path) -> No
     tls, foreign = TLSConfig.from_dir(mesh), TLSConfig.from_dir(foreign_dir)
     with _serve(tls) as address:
         # The client trusts our CA, so only the server's check of the client certificate can fail.
-        with pytest.raises(flight.FlightUnavailableError):
+        with pytest.raises(flight.FlightUnavailableError, match=HUNG_UP):
             _whoami(location(address, tls), **dict(flight_client_kwargs(foreign), tls_root_certs=tls.ca_pem))
         # And a client of the foreign mesh does not trust our server either.
-        with pytest.raises(flight.FlightUnavailableError):
+        with pytest.raises(flight.FlightUnavailableError, match="certificate verify failed"):
             _whoami(location(address, foreign), **flight_client_kwargs(foreign))
         assert _whoami(location(address, tls), **flight_client_kwargs(tls)) == b"peer"  # still up
 
@@ -358,6 +356,53 @@ def test_mtls_refuses_a_client_of_a_foreign_ca(mesh: Path, tmp_path: Path) -> No
 def test_mtls_refuses_a_plaintext_client(mesh: Path) -> None:
     tls = TLSConfig.from_dir(mesh)
     with _serve(tls) as address:
-        with pytest.raises(flight.FlightUnavailableError):
+        with pytest.raises(flight.FlightUnavailableError, match=HUNG_UP):
             _whoami(location(address, None))
         assert _whoami(location(address, tls), **flight_client_kwargs(tls)) == b"peer"  # still up
+
+
+def test_mtls_refuses_a_server_whose_certificate_names_another_host(mesh: Path) -> None:
+    issue_cert(mesh, "db", ["db.example"])  # signed by the mesh CA, but for another host name
+    tls, wrong = TLSConfig.from_dir(mesh), TLSConfig.from_dir(mesh, "db")
+    with _serve(wrong) as address:  # served on 127.0.0.1
+        with pytest.raises(
+            flight.FlightUnavailableError, match=r"Peer name 127\.0\.0\.1 is not in peer certificate"
+        ):
+            _whoami(location(address, tls), **flight_client_kwargs(tls))
+        pool = ClientPool(tls)
+        try:
+            with pytest.raises(TLSError, match=f"^TLS handshake with peer {re.escape(address)} failed "):
+                pool.action(address, "whoami", b"", 5)
+        finally:
+            pool.close()
+
+
+@pytest.mark.parametrize(
+    ("case", "expected", "message"),
+    [
+        ("server of another CA", TLSError, "TLS handshake with peer {address} failed .*from the same CA"),
+        ("client of another CA", PeerUnreachableError, "peer {address} is unreachable while whoami "),
+        ("plaintext client", PeerUnreachableError, "peer {address} is unreachable while whoami "),
+    ],
+)
+def test_our_client_names_each_refusal(
+    mesh: Path, tmp_path: Path, case: str, expected: type[FlowError], message: str
+) -> None:
+    """What ClientPool raises; a server that hangs up looks like a dead peer to gRPC's client."""
+    init_certs(tmp_path / "foreign", HOSTS)
+    tls, foreign = TLSConfig.from_dir(mesh), TLSConfig.from_dir(tmp_path / "foreign")
+    server, client = {
+        "server of another CA": (foreign, tls),
+        "client of another CA": (tls, TLSConfig(tls.ca_pem, foreign.cert_pem, foreign.key_pem)),
+        "plaintext client": (tls, None),
+    }[case]
+    with _serve(server) as address:
+        pool = ClientPool(client)
+        try:
+            with pytest.raises(expected, match=message.format(address=re.escape(address))) as info:
+                pool.action(address, "whoami", b"", 5)
+        finally:
+            pool.close()
+    assert type(info.value) is expected
+    if isinstance(info.value, PeerUnreachableError):
+        assert info.value.peer == address

@@ -34,8 +34,9 @@ from ematix_flow.flightsql.protocol import (
     CommandStatementQuery,
     pack,
 )
+from ematix_flow.transport.certs import init_certs, issue_cert
 from ematix_flow.transport.messages import PeerInfo
-from ematix_flow.transport.tls import flight_client_kwargs, init_certs, issue_cert
+from ematix_flow.transport.tls import flight_client_kwargs
 from ematix_flow.workloads import tpch
 from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 

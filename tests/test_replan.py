@@ -8,8 +8,10 @@ import pytest
 from datafusion import SessionConfig, SessionContext
 
 from ematix_flow import Mesh
-from ematix_flow.coordinator_lib.planning import node_infos
+from ematix_flow.coordinator_lib.driver import _exchanges_to_keep
+from ematix_flow.coordinator_lib.planning import node_infos, plan_query
 from ematix_flow.engine.exchange import merge_nullability, read_schema, schema_bytes
+from ematix_flow.errors import TaskFailedError
 from ematix_flow.planner.slicing import plan_tasks
 from ematix_flow.planner.stages import build_graph
 from ematix_flow.workloads import tpcds, tpch
@@ -28,6 +30,21 @@ def test_a_kept_exchange_stays_inside_its_consumer(planning_ctx: SessionContext)
     assert holder.single_task and "because" in holder.single_task
     assert len(plan_tasks(holder, 3)) == 1
     assert any(n.kind == "repartition" for n in holder.plan.walk())
+
+
+def test_only_a_failure_typed_as_a_cut_keeps_exchanges(planning_ctx: SessionContext) -> None:
+    planned = plan_query(planning_ctx, tpch.query(3))
+    consumer = next(s for s in planned.graph.stages if any(i.exchange >= 0 for i in s.inputs))
+    text = "run_task failed on peer p: execution failed: Internal error: DataFusion error: no ordering"
+    cut = TaskFailedError(text, stage=consumer.id, reason=TaskFailedError.CUT)
+    kept = _exchanges_to_keep(planned, cut, {})
+    assert set(kept) == {i.exchange for i in consumer.inputs if i.exchange >= 0}
+    assert all(r == f"stage {consumer.id} failed when cut there: no ordering" for r in kept.values())
+    assert _exchanges_to_keep(planned, cut, kept) == {}  # kept already
+    untyped = TaskFailedError(text, stage=consumer.id)  # the text alone decides nothing
+    assert _exchanges_to_keep(planned, untyped, {}) == {}
+    unplaced = TaskFailedError(text, reason=TaskFailedError.CUT)  # no stage
+    assert _exchanges_to_keep(planned, unplaced, {}) == {}
 
 
 def test_merge_nullability_keeps_types_and_widens_nulls() -> None:

@@ -27,8 +27,9 @@ from ematix_flow.errors import AccessDeniedError, ConfigError
 from ematix_flow.planner.nodes import parse_tree
 from ematix_flow.planner.paths import file_accesses
 from ematix_flow.planner.scans import with_file_groups
+from ematix_flow.transport.certs import init_certs, issue_cert
 from ematix_flow.transport.messages import OutputRef
-from ematix_flow.transport.tls import flight_client_kwargs, init_certs, issue_cert
+from ematix_flow.transport.tls import flight_client_kwargs
 from ematix_flow.worker.policy import AccessPolicy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -21,7 +21,7 @@ from datafusion import ScalarUDF, udf
 from support import HOSTS, TASK_TIMEOUT, WorkerProcess, flow_worker
 
 from ematix_flow import Mesh, TLSConfig
-from ematix_flow.transport.tls import init_certs, issue_cert
+from ematix_flow.transport.certs import init_certs, issue_cert
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright

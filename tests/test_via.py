@@ -28,7 +28,7 @@ from support import (
 
 from ematix_flow import ConfigError, Mesh, QueryError, TLSConfig
 from ematix_flow.coordinator_lib.local import LocalWorker, spawn_worker
-from ematix_flow.transport.tls import init_certs, issue_cert
+from ematix_flow.transport.certs import init_certs, issue_cert
 from ematix_flow.workloads import tpch
 from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 

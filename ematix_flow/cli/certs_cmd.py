@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ematix_flow.transport.tls import DEFAULT_DAYS, init_certs, issue_cert
+from ematix_flow.transport.certs import DEFAULT_DAYS, init_certs, issue_cert
 
 _DEFAULT_HOSTS = "127.0.0.1,localhost"
 

@@ -49,23 +49,16 @@ STOP_POLL_SECONDS = 0.25
 CANCEL_WAIT_SECONDS = 10.0
 
 
-#: Failures that mean "this stage cannot start over spliced inputs", not "the data or the peer is bad".
-_CUT_FAILURES = (
-    "Internal error",  # an operator's assertion on orderings / partitioning its input cannot declare
-    "could not decode the task plan",
-    "column types must match schema types",  # nested field names pyarrow renames (a map's entries)
-)
-
-
 def _exchanges_to_keep(planned: PlannedQuery, exc: TaskFailedError, keep: dict[int, str]) -> dict[int, str]:
     """Exchanges to stop cutting after a stage failed because of where it was cut.
 
     A spliced input scan cannot declare the orderings and constant columns DataFusion knew at the
     exchange, and some operators assert on them when they start (a window over a sort that relied
-    on a constant column). Such failures are DataFusion "Internal error"s, deterministic and raised
-    before any work: the stage's input exchanges are then kept inside it, and the query re-planned.
+    on a constant column). Such failures are deterministic and raised before any work; the engine
+    boundary that caught one gave it ``reason`` CUT. The stage's input exchanges are then kept
+    inside it, and the query re-planned.
     """
-    if exc.stage < 0 or not any(m in str(exc) for m in _CUT_FAILURES):
+    if exc.stage < 0 or exc.reason != TaskFailedError.CUT:
         return {}
     detail = str(exc).split("DataFusion error: ", 1)[-1]
     reason = f"stage {exc.stage} failed when cut there: {detail[:160]}"

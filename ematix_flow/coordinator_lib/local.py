@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import IO
 
 from ematix_flow.errors import FlowError, PeerUnreachableError
-from ematix_flow.transport.tls import TLSConfig, init_certs
+from ematix_flow.transport.certs import init_certs
+from ematix_flow.transport.tls import TLSConfig
 
 _READY = re.compile(r"flow-worker ready on grpc(?:\+tls)?://(\S+)")
 

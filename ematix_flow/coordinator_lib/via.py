@@ -25,15 +25,19 @@ from datafusion import AggregateUDF, ScalarUDF
 from ematix_flow.coordinator_lib.mesh import DEFAULT_LOCAL_BELOW_BYTES, DEFAULT_MIN_TASK_BYTES, Mesh
 from ematix_flow.coordinator_lib.progress import ProgressHook
 from ematix_flow.coordinator_lib.report import RunReport
-from ematix_flow.errors import ConfigError, FlowError, QueryTimeoutError
+from ematix_flow.errors import ConfigError, FlowError, QueryTimeoutError, first_line
 from ematix_flow.flightsql import metadata
 from ematix_flow.flightsql.ddl import CreateTable
 from ematix_flow.flightsql.protocol import (
     SESSION_COOKIE,
+    ActionClosePreparedStatementRequest,
+    ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult,
     CommandGetSqlInfo,
     CommandGetTables,
     CommandStatementQuery,
     Message,
+    unpack,
 )
 from ematix_flow.transport.flight import translate
 from ematix_flow.transport.messages import PeerInfo
@@ -110,12 +114,29 @@ class ViaClient:
         return translate(exc, self.address, what)
 
     def schema(self, sql: str) -> pa.Schema:
-        """The schema ``sql`` returns, planned by the peer (GetSchema: nothing runs)."""
-        descriptor = flight.FlightDescriptor.for_command(CommandStatementQuery(query=sql).pack())
+        """The schema ``sql`` returns, planned by the peer: nothing runs.
+
+        Asked as a prepared statement, closed at once, not with GetSchema: pyarrow's GetSchema loses a
+        Flight error's ``extra_info`` on both ends (apache/arrow#43556), so a refusal (QueryError...)
+        would arrive without the record that names its kind.
+        """
+        request = ActionCreatePreparedStatementRequest(query=sql).pack()
+        answer = self._action("CreatePreparedStatement", request, "planning a query")
+        result = ActionCreatePreparedStatementResult.from_bytes(unpack(answer)[1])
+        close = ActionClosePreparedStatementRequest(result.prepared_statement_handle).pack()
         try:
-            return self._client.get_schema(descriptor, self._options(None)).schema
+            self._action("ClosePreparedStatement", close, "closing a prepared statement")
+        except FlowError as exc:  # the peer drops it after its statement TTL anyway
+            log.info("ClosePreparedStatement on %s failed: %s", self.address, exc)
+        return pa.ipc.read_schema(pa.py_buffer(result.dataset_schema))
+
+    def _action(self, name: str, body: bytes, what: str) -> bytes:
+        """Run Flight SQL action ``name``; the body of its first result (b"" when there is none)."""
+        try:
+            results = list(self._client.do_action(flight.Action(name, body), self._options(None)))
         except (flight.FlightError, OSError, pa.ArrowException) as exc:
-            raise self._error(exc, "planning a query", None) from exc
+            raise self._error(exc, what, None) from exc
+        return bytes(results[0].body.to_pybytes()) if results else b""
 
     def run(
         self, command: Message, timeout: float | None = None
@@ -174,7 +195,7 @@ class ViaClient:
         try:
             list(self._client.do_action(flight.Action("CloseSession", b""), self._options(5.0)))
         except (flight.FlightError, OSError, pa.ArrowException) as exc:
-            log.info("CloseSession on %s failed: %s", self.address, str(exc).splitlines()[0][:200])
+            log.info("CloseSession on %s failed: %s", self.address, first_line(exc, 200))
         self._client.close()
 
 

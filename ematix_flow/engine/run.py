@@ -18,13 +18,20 @@ from datafusion import SessionContext
 from datafusion.plan import ExecutionPlan
 
 from ematix_flow.engine.exchange import unique_names
-from ematix_flow.errors import AccessDeniedError, ProtocolError, TaskFailedError
+from ematix_flow.errors import AccessDeniedError, ProtocolError, TaskFailedError, first_line
 
 #: The most partitions any node of a task plan may have (each output partition runs on a thread).
 MAX_PARTITIONS = 1024
 
 #: DataFusion's refusal of an inline (pickled) Python UDF in a session with UDF inlining off.
 _UDF_REFUSED = re.compile(r"Refusing to deserialize inline Python (\w+) UDF '([^']*)'")
+#: DataFusion failures that mean "this stage cannot start over spliced inputs", not "the data or the
+#: peer is bad": a spliced input scan cannot declare the orderings and constant columns DataFusion
+#: knew at the exchange, and some operators assert on them when they start.
+_CUT_FAILURES = (
+    "Internal error",  # an operator's assertion on orderings / partitioning its input cannot declare
+    "column types must match schema types",  # nested field names pyarrow renames (a map's entries)
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,9 @@ def decode(ctx: SessionContext, plan: bytes) -> ExecutionPlan:
                 f"the plan carries Python {m.group(1)} UDF {m.group(2)!r}: this worker runs without "
                 "--allow-udfs (a UDF is code: allow it only where every mesh member is trusted)"
             ) from exc
-        raise TaskFailedError(f"could not decode the task plan: {_first_line(exc)}") from exc
+        raise TaskFailedError(
+            f"could not decode the task plan: {first_line(exc, 300)}", reason=TaskFailedError.CUT
+        ) from exc
     stack = [decoded]
     while stack:  # every partition runs on a thread of its own: their number is bounded
         node = stack.pop()
@@ -68,21 +77,19 @@ def is_panic(exc: BaseException) -> bool:
     return type(exc).__name__ == "PanicException"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 def _execution_error(exc: BaseException) -> TaskFailedError:
+    """Classify DataFusion's plain exception text, once, where it is caught (the engine boundary)."""
     if isinstance(exc, TaskFailedError):
         return exc
     text = str(exc)
     if "Resources exhausted" in text:
-        detail = text.split("Resources exhausted:", 1)[-1].strip().splitlines()[0][:200]
+        detail = first_line(text.split("Resources exhausted:", 1)[-1], 200)
         return TaskFailedError(
             f"out of memory under the worker's --memory-limit ({detail}): raise the limit or add peers"
         )
-    return TaskFailedError(f"execution failed: {_first_line(exc)}")
+    line = first_line(exc, 300)
+    reason = TaskFailedError.CUT if any(m in line for m in _CUT_FAILURES) else ""
+    return TaskFailedError(f"execution failed: {line}", reason=reason)
 
 
 def write_partitions(

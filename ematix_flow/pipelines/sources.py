@@ -35,7 +35,7 @@ import datafusion
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ematix_flow.errors import ConfigError, QueryError
+from ematix_flow.errors import ConfigError, QueryError, first_line
 
 if TYPE_CHECKING:
     from ematix_flow.coordinator_lib.mesh import Mesh
@@ -206,7 +206,7 @@ def _register_file(sink: datafusion.SessionContext | Mesh, name: str, spec: Sour
     except ConfigError:
         raise
     except Exception as exc:  # DataFusion raises plain exceptions
-        raise ConfigError(f"source {name}: cannot read {path} as {spec.kind}: {_first_line(exc)}") from exc
+        raise ConfigError(f"source {name}: cannot read {path} as {spec.kind}: {first_line(exc)}") from exc
 
 
 # -------------------------------------------------------------------------------- databases
@@ -233,9 +233,9 @@ def _failed(name: str, spec: SourceLike, exc: Exception, missing_table: bool) ->
     """The FlowError for a database error: a missing table is a ConfigError, the rest QueryError."""
     if missing_table and spec.table:
         return ConfigError(
-            f"source {name}: {spec.kind} has no table {spec.table}: fix table ({_first_line(exc)})"
+            f"source {name}: {spec.kind} has no table {spec.table}: fix table ({first_line(exc)})"
         )
-    what = f"the query failed: {_first_line(exc)} (fix query)" if spec.query else _first_line(exc)
+    what = f"the query failed: {first_line(exc)} (fix query)" if spec.query else first_line(exc)
     return QueryError(f"source {name}: {spec.kind}: {what}")
 
 
@@ -245,7 +245,7 @@ def _read_duckdb(name: str, spec: SourceLike, path: Path) -> pa.Table:
     try:
         con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error as exc:
-        raise ConfigError(f"source {name}: cannot open {path} as duckdb: {_first_line(exc)}") from exc
+        raise ConfigError(f"source {name}: cannot open {path} as duckdb: {first_line(exc)}") from exc
     try:
         result = con.execute(_select(spec)).arrow()
         table = result.read_all() if isinstance(result, pa.RecordBatchReader) else result
@@ -262,7 +262,7 @@ def _read_sqlite(name: str, spec: SourceLike, path: Path) -> pa.Table:
     try:
         con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as exc:
-        raise ConfigError(f"source {name}: cannot open {path} as sqlite: {_first_line(exc)}") from exc
+        raise ConfigError(f"source {name}: cannot open {path} as sqlite: {first_line(exc)}") from exc
     try:
         con.execute(f"CREATE TEMP VIEW flow_source AS {_select(spec)}")
         declared = [str(row[2]) for row in con.execute("PRAGMA table_info(flow_source)")]
@@ -307,7 +307,7 @@ def _read_postgres(name: str, spec: SourceLike) -> pa.Table:
     except psycopg.Error as exc:
         raise ConfigError(
             f"source {name}: cannot connect to postgres {_postgres_where(spec.dsn or '')}: "
-            f"{_first_line(exc)} (check dsn)"
+            f"{first_line(exc)} (check dsn)"
         ) from exc
     try:
         with con.transaction(), con.cursor() as cur:
@@ -424,11 +424,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     return value
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _shorten(text: str, width: int = 60) -> str:

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ematix_flow.errors import PlanningError
+from ematix_flow.errors import UnsplittableError
 from ematix_flow.planner.nodes import FILE_SCANS, GATHERS, PlanNode, input_index
 from ematix_flow.planner.scans import keep_groups, scan_bytes
 from ematix_flow.planner.stages import Stage
 
 Parts = list[int] | None  # None: all partitions
-
-
-class UnsplittableError(PlanningError):
-    """A stage cannot be split by partition: it must run as one task."""
 
 
 @dataclass(frozen=True)

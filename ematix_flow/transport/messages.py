@@ -192,3 +192,19 @@ class PeerInfo(_Message):
     tasks_running: int = 0  # its load when it answered (older workers: 0)
     tasks_queued: int = 0  # tasks waiting for one of its --max-tasks slots
     http: str = ""  # its status page and API ("http(s)://HOST:PORT"), "" when it serves none
+
+
+@dataclass(frozen=True)
+class ErrorRecord(_Message):
+    """A failure as it crosses the wire, in a Flight error's ``extra_info``: the client rebuilds it.
+
+    The Flight error's message stays ``<kind>: <message>`` for people and other Flight clients;
+    ours read this record and never the text.
+    """
+
+    kind: str  # the FlowError subclass, by name (a kind the client does not know: TaskFailedError)
+    message: str  # one line
+    peer: str = ""  # the peer the failure is about (PeerUnreachableError: the one that did not answer)
+    stage: int = -1  # the stage of the task that failed, -1 outside a task
+    query: str = ""  # the query id of that task, "" outside a task
+    reason: str = ""  # TaskFailedError.reason: "cut" when the stage cannot start over spliced inputs

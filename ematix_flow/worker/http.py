@@ -31,7 +31,7 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ematix_flow import __version__
-from ematix_flow.errors import AccessDeniedError, ConfigError
+from ematix_flow.errors import AccessDeniedError, ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -254,9 +254,7 @@ def create_app(worker: StatusSource) -> FastAPI:
             try:
                 answer = PeerStatus.model_validate_json(body)
             except ValidationError as exc:
-                log.warning(
-                    "peer %s answered status with a malformed view: %s", peer, str(exc).splitlines()[0]
-                )
+                log.warning("peer %s answered status with a malformed view: %s", peer, first_line(exc))
                 unreachable.append(peer)
                 continue
             instance = answer.status.instance

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from ematix_flow.cli.tables import register_all
 from ematix_flow.engine.digest import hash_digest
-from ematix_flow.errors import ConfigError, FlowError
+from ematix_flow.errors import ConfigError, FlowError, first_line
 from ematix_flow.logs import LogFormat, setup_logging
 from ematix_flow.transport.tls import TLSConfig
 from ematix_flow.worker.catalog import Catalog
@@ -173,7 +173,7 @@ def worker(
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except (OSError, pa.ArrowException) as exc:  # Flight says only "Server did not start properly"
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = first_line(exc)
         click.echo(
             f"error: cannot serve on {listen}: {reason} (is another process using the port?)", err=True
         )
@@ -318,7 +318,7 @@ def _serve_http(server: WorkerServer, listen: str, tls_dir: str | None, tls_name
         return server.serve_http(listen, tls)
     except (FlowError, OSError) as exc:
         server.close_all()
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = first_line(exc)
         hint = " (is another process using the port?)" if isinstance(exc, OSError) else ""
         click.echo(f"error: cannot serve HTTP on {listen}: {reason}{hint}", err=True)
         sys.exit(2)

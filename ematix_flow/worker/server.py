@@ -28,6 +28,7 @@ from ematix_flow.errors import (
     PeerUnreachableError,
     ProtocolError,
     TaskFailedError,
+    first_line,
 )
 from ematix_flow.flightsql.protocol import SPEC_ACTIONS, is_flight_sql, unpack
 from ematix_flow.logs import task_context
@@ -164,7 +165,7 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
             self.policy.check_peer(identity)
         except AccessDeniedError as exc:
             log.warning("refused %s from %s (identity %r): not allowed", what, context.peer(), identity)
-            raise flight.FlightUnauthorizedError(f"AccessDeniedError: {exc}") from exc
+            raise remote_error(exc, error_class=flight.FlightUnauthorizedError) from exc
 
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
         """The actions this worker answers."""
@@ -188,7 +189,7 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
                     try:
                         result = self._run_task(spec, submitter)
                     except BaseException as exc:
-                        raise self._failed(kind, exc) from exc
+                        raise self._failed(kind, exc, spec) from exc
                 yield flight.Result(result)  # outside: Flight may resume a generator in another context
             elif kind == "hello":
                 yield flight.Result(self._hello().to_bytes())
@@ -213,8 +214,12 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
             raise self._failed(kind, exc) from exc
 
     @staticmethod
-    def _failed(kind: str, exc: BaseException) -> BaseException:
-        """Log a failed action once and return the one-line Flight error its caller gets."""
+    def _failed(kind: str, exc: BaseException, spec: TaskSpec | None = None) -> BaseException:
+        """Log a failed action once and return the one-line Flight error its caller gets.
+
+        The error carries its record (see ``remote_error``), with the task's query and stage if any.
+        """
+        query, stage = (spec.query_id, spec.stage) if spec else ("", -1)
         out: BaseException = exc  # FlightError: already translated (and logged) further in;
         if isinstance(exc, flight.FlightError):  # GeneratorExit, SystemExit...: not ours to translate
             return out
@@ -223,13 +228,13 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
             return out
         if isinstance(exc, FlowError):
             log.warning("action %s failed: %s", kind, exc)
-            out = remote_error(exc)
+            out = remote_error(exc, query=query, stage=stage)
         elif isinstance(exc, Exception):
             log.exception("action %s failed", kind)
-            out = remote_error(exc)
+            out = remote_error(exc, query=query, stage=stage)
         elif is_panic(exc):
-            log.error("action %s: the engine panicked: %s", kind, str(exc).splitlines()[:1])
-            out = remote_error(TaskFailedError(f"the engine failed: {exc}"))
+            log.error("action %s: the engine panicked: %s", kind, first_line(exc))
+            out = remote_error(TaskFailedError(f"the engine failed: {exc}"), query=query, stage=stage)
         return out
 
     def _hello(self) -> PeerInfo:
@@ -393,14 +398,18 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
             ref = OutputRef.from_bytes(ticket.ticket)
             path = self.store.output_path(ref)
         except ProtocolError as exc:
-            raise flight.FlightServerError(f"ProtocolError: bad ticket: {exc}") from exc
+            raise remote_error(ProtocolError(f"bad ticket: {exc}")) from exc
         try:
             size = path.stat().st_size
             table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
         except FileNotFoundError as exc:
-            raise flight.FlightServerError(
-                f"ProtocolError: no output for query {ref.query_id} stage {ref.stage} task {ref.task} "
-                f"partition {ref.partition} (released, or never written)"
+            raise remote_error(
+                ProtocolError(
+                    f"no output for query {ref.query_id} stage {ref.stage} task {ref.task} "
+                    f"partition {ref.partition} (released, or never written)"
+                ),
+                query=ref.query_id,
+                stage=ref.stage,
             ) from exc
         self.metrics.shuffle_bytes.labels(direction="out").inc(size)
         return flight.RecordBatchStream(table)

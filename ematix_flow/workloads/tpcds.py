@@ -22,7 +22,7 @@ from pathlib import Path
 
 import duckdb
 
-from ematix_flow.errors import ConfigError
+from ematix_flow.errors import ConfigError, first_line
 from ematix_flow.workloads.querysets import QuerySet, table_path
 
 __all__ = [
@@ -112,7 +112,7 @@ def connect_duckdb(*extensions: str) -> duckdb.DuckDBPyConnection:
             try:
                 con.execute(f"LOAD {_quote(str(path))}")
             except duckdb.Error as exc:
-                raise ConfigError(f"DuckDB cannot load {path}: {_first_line(exc)}") from exc
+                raise ConfigError(f"DuckDB cannot load {path}: {first_line(exc)}") from exc
     except BaseException:
         con.close()
         raise
@@ -122,10 +122,6 @@ def connect_duckdb(*extensions: str) -> duckdb.DuckDBPyConnection:
 def _quote(text: str) -> str:
     """``text`` as a SQL string literal."""
     return "'" + text.replace("'", "''") + "'"
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def default_data_dir(sf: float) -> Path:
@@ -186,7 +182,7 @@ def _run_dsdgen(sf: float, dest: Path) -> None:
             logger.debug("writing %s", target)
             con.execute(f"COPY {name} TO {_quote(str(target))} (FORMAT parquet)")
     except duckdb.Error as exc:
-        raise ConfigError(f"TPC-DS generation at SF {sf:g} failed: {_first_line(exc)}") from exc
+        raise ConfigError(f"TPC-DS generation at SF {sf:g} failed: {first_line(exc)}") from exc
     finally:
         con.close()
 

@@ -42,7 +42,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel, ParseError, SqlglotError
 
-from ematix_flow.errors import ConfigError, QueryError
+from ematix_flow.errors import ConfigError, QueryError, first_line
 from ematix_flow.pipelines.dialect.generator import DataFusionGenerator
 from ematix_flow.pipelines.dialect.rewrites import rewrite
 
@@ -76,7 +76,7 @@ def translate(sql: str, source: str, *, pretty: bool = False) -> str:
     try:
         return generator.generate(tree, copy=False)
     except SqlglotError as exc:
-        raise QueryError(f"cannot translate {source} SQL to DataFusion: {_first_line(exc)}") from exc
+        raise QueryError(f"cannot translate {source} SQL to DataFusion: {first_line(exc)}") from exc
 
 
 # -------------------------------------------------------------------------------- parse, refuse
@@ -87,10 +87,10 @@ def _parse(sql: str, source: str) -> exp.Expr:
     except ParseError as exc:
         error = exc.errors[0] if exc.errors else {}
         where = f" at line {error['line']}, column {error['col']}" if "line" in error else ""
-        what = error.get("description") or _first_line(exc)
+        what = error.get("description") or first_line(exc)
         raise QueryError(f"cannot parse the {source} SQL{where}: {what}") from exc
     except SqlglotError as exc:
-        raise QueryError(f"cannot parse the {source} SQL: {_first_line(exc)}") from exc
+        raise QueryError(f"cannot parse the {source} SQL: {first_line(exc)}") from exc
     if len(trees) != 1:
         raise QueryError(f"give exactly one {source} query, not {len(trees)} statements")
     tree = trees[0]
@@ -109,8 +109,3 @@ def _refuse(tree: exp.Expr, source: str) -> None:
             f"cannot translate {source} SQL to DataFusion: LATERAL VIEW is not supported "
             "(write explode(...) in the SELECT list)"
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
