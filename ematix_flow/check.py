@@ -31,8 +31,8 @@ from datafusion import SessionConfig, SessionContext
 
 from ematix_flow import tpcds, tpch
 from ematix_flow.compare import compare_tables, query_is_ordered
+from ematix_flow.engine.tables import ParquetRegistrar
 from ematix_flow.errors import ConfigError, FlowError
-from ematix_flow.querysets import ParquetRegistrar
 
 __all__ = [
     "BENCHMARKS",

@@ -15,8 +15,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ematix_flow.cli.progress import TerminalProgress
-from ematix_flow.cli.tables import kind_from_suffix, parse_table_option, register_all
 from ematix_flow.coordinator_lib.mesh import Mesh
+from ematix_flow.engine.tables import kind_from_suffix, parse_table_option, register_all
 from ematix_flow.errors import ConfigError
 from ematix_flow.transport.tls import TLSConfig
 

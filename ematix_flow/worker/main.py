@@ -18,8 +18,8 @@ import click
 import psutil
 import pyarrow as pa
 
-from ematix_flow.cli.tables import register_all
 from ematix_flow.engine.digest import hash_digest
+from ematix_flow.engine.tables import register_all
 from ematix_flow.errors import ConfigError, FlowError
 from ematix_flow.logs import LogFormat, setup_logging
 from ematix_flow.transport.tls import TLSConfig
