@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from ematix_flow import __version__
+from ematix_flow.engine import layout
 from ematix_flow.engine.digest import hash_digest
 from ematix_flow.engine.exchange import host_id
 from ematix_flow.engine.run import is_panic
@@ -45,7 +46,7 @@ from ematix_flow.worker.flightsql import (
 from ematix_flow.worker.gateway import Gateway
 from ematix_flow.worker.limits import WorkerLimits
 from ematix_flow.worker.policy import AccessPolicy
-from ematix_flow.worker.store import WorkStore, check_query_id
+from ematix_flow.worker.store import WorkStore
 from ematix_flow.worker.tasks import TaskRunner
 from ematix_flow.worker.telemetry import Metrics, PeerBook, ProcessMeter, QueryLog, TaskOutcome
 
@@ -117,7 +118,7 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         self.policy = policy or AccessPolicy()
         ctx = execution_context(
             memory_limit=self.limits.memory_limit,
-            spill_dir=str(work_dir / "_spill"),
+            spill_dir=str(work_dir / layout.SPILL_DIR),
             allow_udfs=self.policy.allow_udfs,
         )
         self.runner = TaskRunner(ctx, self.pool, work_dir, fetch_timeout=300.0)
@@ -182,7 +183,7 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
                 raise ProtocolError(f"{kind} body of {len(body)} bytes is over the {limit}-byte limit")
             if kind == "run_task":
                 spec = TaskSpec.from_bytes(body)
-                check_query_id(spec.query_id)
+                layout.check_query_id(spec.query_id)
                 submitter = context.peer_identity().decode("utf-8", "replace") or context.peer()
                 with task_context(spec.query_id, spec.stage, spec.task):  # tags its log lines
                     try:
@@ -193,11 +194,11 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
             elif kind == "hello":
                 yield flight.Result(self._hello().to_bytes())
             elif kind == "release":
-                query_id = check_query_id(body.decode("utf-8", "replace"))
+                query_id = layout.check_query_id(body.decode("utf-8", "replace"))
                 self.store.release(query_id)
                 self.queries.finish(query_id, "release")
             elif kind == "cancel":
-                self._cancel(check_query_id(body.decode("utf-8", "replace")))
+                self._cancel(layout.check_query_id(body.decode("utf-8", "replace")))
                 yield flight.Result(b"ok")
             elif kind == "status":
                 answer = {"status": self.status_view(), "queries": self.query_views()}

@@ -20,10 +20,10 @@ from ematix_flow.engine.exchange import (
     materialize,
     read_schema,
     schema_bytes,
-    splice,
     unique_names,
 )
 from ematix_flow.engine.run import decode, write_partitions
+from ematix_flow.planner.splice import splice
 from ematix_flow.transport.flight import ClientPool
 from ematix_flow.transport.messages import Source, TaskResult, TaskSpec
 
