@@ -22,7 +22,7 @@ from support import TASK_TIMEOUT, clean_env, executable, spawned_workers_with
 
 from ematix_flow import Mesh, TLSConfig
 from ematix_flow.coordinator_lib.local import LocalWorker
-from ematix_flow.engine.exchange import is_shuffle_file
+from ematix_flow.engine.layout import is_shuffle_file
 from ematix_flow.errors import AccessDeniedError, ConfigError
 from ematix_flow.planner.nodes import parse_tree
 from ematix_flow.planner.paths import file_accesses

@@ -15,8 +15,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ematix_flow.cli.progress import TerminalProgress
-from ematix_flow.cli.tables import kind_from_suffix, parse_table_option, register_all
 from ematix_flow.coordinator_lib.mesh import Mesh
+from ematix_flow.engine.tables import kind_from_suffix, parse_table_option, register_all, register_format
 from ematix_flow.errors import ConfigError
 from ematix_flow.transport.tls import TLSConfig
 
@@ -111,8 +111,7 @@ def register_tables(mesh: Mesh, tables: tuple[str, ...], tables_dir: str | None)
         )
     for value in tables:
         name, path = parse_table_option(value)
-        readers = {"parquet": mesh.register_parquet, "csv": mesh.register_csv, "json": mesh.register_json}
-        readers[kind_from_suffix(path)](name, path)
+        register_format(mesh, kind_from_suffix(path), name, str(path))
 
 
 @click.command()

@@ -26,6 +26,7 @@ from ematix_flow.coordinator_lib.membership import Membership
 from ematix_flow.coordinator_lib.planning import PlannedQuery, dataframe, plan_query
 from ematix_flow.coordinator_lib.progress import ProgressHook
 from ematix_flow.coordinator_lib.report import RunReport, render_graph
+from ematix_flow.engine import layout
 from ematix_flow.engine.settings import execution_context, planning_context
 from ematix_flow.engine.tasks import TaskRunner
 from ematix_flow.errors import ConfigError, FlowError
@@ -111,7 +112,7 @@ class Mesh:
         self._membership = Membership(self.peers, self._pool, self._executor)
         self._ctx = planning_context(self.partitions, settings)
         self._scratch = Path(tempfile.mkdtemp(prefix="flow-submit-"))
-        spill = self._scratch / "_spill"
+        spill = self._scratch / layout.SPILL_DIR
         if memory_limit:
             spill.mkdir()
         ctx = execution_context(memory_limit=memory_limit, spill_dir=str(spill) if memory_limit else None)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import os
-import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -21,10 +19,11 @@ from pathlib import Path
 import pyarrow as pa
 from datafusion import SessionConfig, SessionContext
 
-from ematix_flow import protobuf
+from ematix_flow.engine import layout
 from ematix_flow.errors import ProtocolError
-from ematix_flow.planner.nodes import PlanNode, input_index, parse_tree
+from ematix_flow.planner.nodes import parse_tree
 from ematix_flow.planner.scans import with_file_groups
+from ematix_flow.planner.splice import rename_projection
 from ematix_flow.transport.messages import InputSpec, Source
 
 Fetch = Callable[[Source], Iterator[pa.RecordBatch]]
@@ -81,17 +80,6 @@ def merge_nullability(first: bytes, other: bytes) -> bytes:
     return schema_bytes(pa.schema(fields, metadata=a.metadata))
 
 
-def _rename_projection(child: bytes, unique: list[str], original: list[str]) -> bytes:
-    """ProjectionExec over ``child`` renaming ``unique`` columns back to ``original``."""
-    exprs = []
-    for i, name in enumerate(unique):
-        column = protobuf.encode([protobuf.message(1, name.encode()), protobuf.varint(2, i)])
-        exprs.append(protobuf.message(2, protobuf.encode([protobuf.message(1, column)])))
-    names = [protobuf.message(3, n.encode()) for n in original]
-    body = protobuf.encode([protobuf.message(1, child), *exprs, *names])
-    return protobuf.encode([protobuf.message(4, body)])
-
-
 class ScanTemplates:
     """Arrow file-scan node bytes per schema, made once from an empty IPC file."""
 
@@ -112,7 +100,7 @@ class ScanTemplates:
                 self._cache[key] = template
         scan = with_file_groups(template, groups)
         if names != schema.names:
-            scan = _rename_projection(scan, schema.names, names)
+            scan = rename_projection(scan, schema.names, names)
         return scan
 
     def _make(self, key: str, schema: pa.Schema) -> bytes:
@@ -134,22 +122,6 @@ class ScanTemplates:
         return leaves[0].to_bytes()
 
 
-#: The output file of a task of a worker on this machine (see worker/store.py): the only files a
-#: task reads directly instead of fetching them, whatever path a message names.
-_SHUFFLE_FILE = re.compile(r"/flow-worker-\d+-[^/]+/[0-9a-f]{8,64}/s\d+-t\d+/out/p\d{5}\.arrow\Z")
-
-
-def is_shuffle_file(path: str) -> bool:
-    """Whether ``path`` is an existing task output file of a worker here (no symlinks, no ``..``)."""
-    return (
-        bool(path)
-        and os.path.isabs(path)
-        and _SHUFFLE_FILE.search(path) is not None
-        and os.path.realpath(path) == os.path.normpath(path)
-        and os.path.isfile(path)
-    )
-
-
 def materialize(
     spec: InputSpec,
     task_dir: Path,
@@ -164,10 +136,10 @@ def materialize(
     jobs = []
     for g, sources in enumerate(groups):
         for n, src in enumerate(sources):
-            if local_reads and src.host_id == me and is_shuffle_file(src.path):
+            if local_reads and src.host_id == me and layout.is_shuffle_file(src.path):
                 out[g].append((src.path, src.nbytes))
             else:
-                dest = task_dir / f"in{spec.index}" / f"p{g:05d}-{n:04d}.arrow"
+                dest = layout.input_path(task_dir, spec.index, g, n)
                 jobs.append((g, pool.submit(_fetch_to_file, fetch, src, dest)))
     fetched = 0
     for g, fut in jobs:
@@ -192,17 +164,3 @@ def _fetch_to_file(fetch: Fetch, src: Source, dest: Path) -> tuple[str, int] | N
     if writer is None:
         return None  # nothing arrived: nothing to scan
     return str(dest), dest.stat().st_size
-
-
-def splice(plan: bytes, scans: dict[int, bytes]) -> bytes:
-    """Replace every input marker in ``plan`` with its scan node."""
-
-    def visit(node: PlanNode) -> PlanNode:
-        if node.kind == "input":
-            idx = input_index(node)
-            if idx not in scans:
-                raise ProtocolError(f"task plan references input {idx} that the task does not carry")
-            return parse_tree(scans[idx])
-        return node.with_children([visit(c) for c in node.children])
-
-    return visit(parse_tree(plan)).to_bytes()

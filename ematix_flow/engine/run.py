@@ -17,6 +17,7 @@ import pyarrow as pa
 from datafusion import SessionContext
 from datafusion.plan import ExecutionPlan
 
+from ematix_flow.engine import layout
 from ematix_flow.engine.exchange import unique_names
 from ematix_flow.errors import AccessDeniedError, ProtocolError, TaskFailedError, first_line
 
@@ -105,7 +106,7 @@ def write_partitions(
     errors: list[BaseException] = []
 
     def drain(p: int) -> None:
-        path = out_dir / f"p{p:05d}.arrow"
+        path = out_dir / layout.output_name(p)
         writer: pa.ipc.RecordBatchFileWriter | None = None
         rows = 0
         schema = None

@@ -14,16 +14,17 @@ import pyarrow as pa
 from datafusion import SessionContext
 from datafusion.plan import ExecutionPlan
 
+from ematix_flow.engine import layout
 from ematix_flow.engine.exchange import (
     ScanTemplates,
     host_id,
     materialize,
     read_schema,
     schema_bytes,
-    splice,
     unique_names,
 )
 from ematix_flow.engine.run import decode, write_partitions
+from ematix_flow.planner.splice import splice
 from ematix_flow.transport.flight import ClientPool
 from ematix_flow.transport.messages import Source, TaskResult, TaskSpec
 
@@ -38,7 +39,7 @@ class TaskRunner:
     ) -> None:
         self.ctx = ctx
         self.pool = pool
-        self.templates = ScanTemplates(scratch / "_templates")
+        self.templates = ScanTemplates(scratch / layout.TEMPLATES_DIR)
         self.fetchers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch")
         self.fetch_timeout = fetch_timeout
 
@@ -64,9 +65,9 @@ class TaskRunner:
         task_dir.mkdir(parents=True)
         try:
             plan, fetched = self.prepare(spec, task_dir)
-            parts = write_partitions(self.ctx, plan, task_dir / "out", cancel)
+            parts = write_partitions(self.ctx, plan, task_dir / layout.OUT_DIR, cancel)
         finally:
-            for p in task_dir.glob("in*"):
+            for p in layout.input_dirs(task_dir):
                 shutil.rmtree(p, ignore_errors=True)  # consumed inputs
         schema = next((p.schema for p in parts if p.schema is not None), None)
         disk_schema = None

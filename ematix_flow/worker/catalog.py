@@ -1,6 +1,6 @@
 """A worker's catalog: the tables ``--table NAME=PATH`` and ``--tables-dir DIR`` register at start.
 
-The options follow ``flow sql``'s rules (:func:`ematix_flow.cli.tables.register_all`): a file's format
+The options follow ``flow sql``'s rules (:func:`ematix_flow.engine.tables.register_all`): a file's format
 comes from its extension, a folder holds files of one format, ``--tables-dir`` registers each entry by
 its name without extension. Paths are made absolute at start (peers read files by path), so peers
 started with the same options agree on the catalog.
@@ -10,17 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
+from ematix_flow.engine.tables import Registrar, register_format
 from ematix_flow.worker.policy import AccessPolicy
-
-
-class Registrar(Protocol):
-    """Anything with register_parquet / register_csv / register_json (a Mesh)."""
-
-    def register_parquet(self, name: str, path: str) -> None: ...  # noqa: D102
-    def register_csv(self, name: str, path: str) -> None: ...  # noqa: D102
-    def register_json(self, name: str, path: str) -> None: ...  # noqa: D102
 
 
 @dataclass(frozen=True)
@@ -33,12 +25,7 @@ class Table:
 
     def register(self, target: Registrar) -> None:
         """Register this table on ``target``."""
-        readers = {
-            "parquet": target.register_parquet,
-            "csv": target.register_csv,
-            "json": target.register_json,
-        }
-        readers[self.kind](self.name, self.path)
+        register_format(target, self.kind, self.name, self.path)
 
 
 @dataclass

@@ -214,7 +214,7 @@ def _merge_one(
 
 # ----------------------------------------------------------------------------------- the app
 class StatusSource(Protocol):
-    """What the HTTP side reads from its worker (``WorkerServer`` implements it)."""
+    """What the HTTP side reads from its worker (``worker/status.py``'s ``StatusViews`` implements it)."""
 
     address: str
     instance: str

@@ -18,8 +18,9 @@ import click
 import psutil
 import pyarrow as pa
 
-from ematix_flow.cli.tables import register_all
+from ematix_flow.engine import layout
 from ematix_flow.engine.digest import hash_digest
+from ematix_flow.engine.tables import register_all
 from ematix_flow.errors import ConfigError, FlowError, first_line
 from ematix_flow.logs import LogFormat, setup_logging
 from ematix_flow.transport.tls import TLSConfig
@@ -248,7 +249,7 @@ def _start(
     base = Path(work_dir).resolve() if work_dir else Path(tempfile.gettempdir()).resolve()
     _remove_dead_workers_dirs(base)
     try:
-        root = Path(tempfile.mkdtemp(prefix=f"flow-worker-{os.getpid()}-", dir=_ensure(base)))
+        root = Path(tempfile.mkdtemp(prefix=layout.work_dir_prefix(os.getpid()), dir=_ensure(base)))
     except OSError as exc:
         raise ConfigError(f"cannot create a work dir in {base}: {exc}") from exc
     try:
@@ -335,8 +336,8 @@ def _is_loopback(host: str) -> bool:
 
 def _remove_dead_workers_dirs(base: Path) -> None:
     """Work dirs left by workers that were killed (their pid is gone) hold files nobody will serve."""
-    for old in base.glob("flow-worker-*-*"):
-        pid = old.name.split("-")[2]
+    for old in base.glob(layout.WORK_DIR_GLOB):
+        pid = layout.work_dir_pid(old.name)
         # our own pid on a dir we did not make yet: a previous run (in a container, pid 1 every time)
         if pid.isdigit() and (int(pid) == os.getpid() or not psutil.pid_exists(int(pid))):
             log.info("removing %s, left by a worker that is gone", old)

@@ -1,33 +1,19 @@
-"""The worker's work dir: everything it holds for a query lives under ``<work dir>/<query id>/``."""
+"""The worker's work dir: everything it holds for a query lives under ``<work dir>/<query id>/``.
+
+The layout itself (names of task dirs and output files) is :mod:`ematix_flow.engine.layout`'s.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import re
 import shutil
 import threading
 import time
 import uuid
 from pathlib import Path
 
-from ematix_flow.errors import ProtocolError
+from ematix_flow.engine import layout
 from ematix_flow.transport.messages import OutputRef
-
-_QUERY_ID = re.compile(r"^[0-9a-f]{8,64}$")
-
-
-def check_query_id(query_id: str) -> str:
-    """A query id is lowercase hex: it names a directory, so nothing else is accepted."""
-    if not isinstance(query_id, str) or not _QUERY_ID.match(query_id):
-        raise ProtocolError(f"invalid query id {query_id!r}")
-    return query_id
-
-
-def _check_index(kind: str, value: int) -> int:
-    """Stage, task and partition numbers name files: only non-negative ints are accepted."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ProtocolError(f"invalid {kind} {value!r}")
-    return value
 
 
 class WorkStore:
@@ -39,17 +25,15 @@ class WorkStore:
 
     def task_dir(self, query_id: str, stage: int, task: int) -> Path:
         """Directory of one task (its fetched inputs and its outputs)."""
-        stage, task = _check_index("stage", stage), _check_index("task", task)
-        return self.root / check_query_id(query_id) / f"s{stage}-t{task}"
+        return layout.task_dir(self.root, query_id, stage, task)
 
     def output_path(self, ref: OutputRef) -> Path:
         """The IPC file of one output partition."""
-        partition = _check_index("partition", ref.partition)
-        return self.task_dir(ref.query_id, ref.stage, ref.task) / "out" / f"p{partition:05d}.arrow"
+        return layout.output_path(self.root, ref.query_id, ref.stage, ref.task, ref.partition)
 
     def release(self, query_id: str) -> None:
         """Remove every file held for a query (moved aside at once, deleted in the background)."""
-        path = self.root / check_query_id(query_id)
+        path = layout.query_dir(self.root, query_id)
         trash = self.root / f".released-{query_id}-{uuid.uuid4().hex[:8]}"
         try:
             path.rename(trash)
@@ -78,7 +62,7 @@ class WorkStore:
 
     def queries(self) -> list[str]:
         """Ids of the queries with files here."""
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _QUERY_ID.match(p.name))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and layout.is_query_id(p.name))
 
     def destroy(self) -> None:
         """Remove the whole work dir."""

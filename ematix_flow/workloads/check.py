@@ -30,10 +30,10 @@ import duckdb
 import pyarrow as pa
 from datafusion import SessionConfig, SessionContext
 
+from ematix_flow.engine.tables import ParquetRegistrar
 from ematix_flow.errors import ConfigError, FlowError
 from ematix_flow.workloads import tpcds, tpch
 from ematix_flow.workloads.compare import compare_tables, query_is_ordered
-from ematix_flow.workloads.querysets import ParquetRegistrar
 
 __all__ = [
     "BENCHMARKS",

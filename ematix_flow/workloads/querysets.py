@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
+from ematix_flow.engine.tables import ParquetRegistrar
 from ematix_flow.errors import ConfigError
-
-
-class ParquetRegistrar(Protocol):
-    """Anything that registers a Parquet table: a DataFusion ``SessionContext`` or a ``Mesh``."""
-
-    def register_parquet(self, name: str, path: str, /) -> object:
-        """Register ``path`` as table ``name``."""
 
 
 def table_path(data_dir: str | Path, name: str) -> Path | None:

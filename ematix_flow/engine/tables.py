@@ -1,0 +1,126 @@
+"""Tables by path: a file's format from its suffix, registered on a planning context or a mesh.
+
+One set of rules for every place that registers tables: ``flow sql`` / ``flow explain``
+(``--table NAME=PATH``, ``--tables-dir DIR``), the worker's catalog (the same options of
+``flow-worker``) and the benchmarks' data folders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from ematix_flow.errors import ConfigError
+
+#: File suffix (lowercase) -> format.
+_KINDS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".ndjson": "json"}
+
+
+class ParquetRegistrar(Protocol):
+    """Anything that registers a Parquet table: a DataFusion ``SessionContext``, a ``Mesh``..."""
+
+    def register_parquet(self, name: str, path: str, /) -> object:
+        """Register the Parquet file or folder ``path`` as table ``name``."""
+
+
+class Registrar(ParquetRegistrar, Protocol):
+    """Anything that registers tables of every format we read: a ``SessionContext``, a ``Mesh``, a catalog."""
+
+    def register_csv(self, name: str, path: str, /) -> object:
+        """Register the CSV file or folder ``path`` as table ``name``."""
+
+    def register_json(self, name: str, path: str, /) -> object:
+        """Register the newline-delimited JSON file or folder ``path`` as table ``name``."""
+
+
+def kind_of(path: Path) -> str:
+    """The format of a file, or of the files in a folder, from their extension.
+
+    Raises:
+        ConfigError: the suffix is not one we read, or a folder mixes formats (or holds none).
+    """
+    if path.is_dir():
+        kinds = {_KINDS.get(p.suffix.lower()) for p in path.rglob("*") if p.is_file()} - {None}
+        if len(kinds) != 1:
+            found = ", ".join(sorted(k for k in kinds if k)) or "none"
+            raise ConfigError(
+                f"folder {path} must hold files of one format (.parquet, .csv or .json); found: {found}"
+            )
+        return next(k for k in kinds if k)
+    kind = _KINDS.get(path.suffix.lower())
+    if kind is None:
+        raise ConfigError(
+            f"cannot tell the format of {path}: use a .parquet, .csv or .json file (or a folder of them)"
+        )
+    return kind
+
+
+def kind_from_suffix(path: Path) -> str:
+    """The format of a path that may not exist here (``--via``): its extension's, else Parquet (a folder)."""
+    return _KINDS.get(path.suffix.lower(), "parquet")
+
+
+def register_format(target: Registrar, kind: str, name: str, path: str) -> None:
+    """Register ``path`` as table ``name`` with the reader of format ``kind`` (parquet, csv or json)."""
+    readers = {"parquet": target.register_parquet, "csv": target.register_csv, "json": target.register_json}
+    readers[kind](name, path)
+
+
+def register(target: Registrar, name: str, path: Path) -> None:
+    """Register ``path`` as table ``name`` with the reader its format needs.
+
+    Raises:
+        ConfigError: ``path`` does not exist or its format is unknown.
+    """
+    if not path.exists():
+        raise ConfigError(f"table {name}: no such file or directory: {path}")
+    register_format(target, kind_of(path), name, str(path))
+
+
+def parse_table_option(value: str) -> tuple[str, Path]:
+    """``NAME=PATH`` -> (name, path).
+
+    Raises:
+        ConfigError: ``value`` is not ``NAME=PATH``.
+    """
+    name, sep, path = value.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise ConfigError(f"--table {value!r} must be NAME=PATH")
+    return name.strip(), Path(path.strip())
+
+
+def register_dir(target: Registrar, tables_dir: str) -> list[str]:
+    """Register every table file or folder of ``tables_dir`` (named after it); returns the names.
+
+    Entries starting with ``.`` or ``_`` and files of other formats are skipped.
+
+    Raises:
+        ConfigError: ``tables_dir`` is not a directory, or an entry's format is unclear.
+    """
+    root = Path(tables_dir)
+    if not root.is_dir():
+        raise ConfigError(f"--tables-dir {tables_dir}: not a directory")
+    names = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith((".", "_")):
+            continue
+        if entry.is_file() and entry.suffix.lower() not in _KINDS:
+            continue
+        name = entry.stem if entry.is_file() else entry.name
+        register(target, name, entry)
+        names.append(name)
+    return names
+
+
+def register_all(target: Registrar, tables: tuple[str, ...], tables_dir: str | None) -> list[str]:
+    """Register every entry of ``tables_dir``, then every ``NAME=PATH`` of ``tables``; returns the names.
+
+    Raises:
+        ConfigError: an entry is malformed, missing, or of an unknown format.
+    """
+    names = register_dir(target, tables_dir) if tables_dir else []
+    for value in tables:
+        name, path = parse_table_option(value)
+        register(target, name, path)
+        names.append(name)
+    return names
