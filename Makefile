@@ -36,6 +36,7 @@ lint: install
 	$(BIN)/ruff check ematix_flow tests bench examples
 	$(BIN)/ruff format --check ematix_flow tests bench examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 # Refresh the lock on purpose: the newest releases pyproject.toml's ranges allow, for every platform
 # and Python >= 3.11. Then `make test`, and read the diff of requirements-lock.txt before committing.
