@@ -35,6 +35,7 @@ def _run(data: Path, out: Path, engine_names: str, *extra: str) -> int:
     return main([*args, "--queries", "q01,q03", "--runs", "2", *extra])
 
 
+@pytest.mark.integration
 def test_datafusion_and_duckdb_write_json_md_png(tiny_tpch: Path, tmp_path: Path) -> None:
     has_matplotlib = True
     try:

@@ -133,6 +133,7 @@ def test_cli_queries() -> None:
     assert isinstance(bad.exception, ConfigError)
 
 
+@pytest.mark.integration
 def test_cli_gen(tiny: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     reused = runner.invoke(tpch_cli, ["gen", "--sf", "0.01", "--out", str(tiny)])
