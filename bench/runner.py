@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from bench.engines import Engine
 from bench.memory import MemoryPeak, RssSampler
+from ematix_flow.errors import first_line
 from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 
 __all__ = ["BENCH_PROCESS", "EngineResult", "QueryResult", "run_queries", "run_query"]
@@ -65,8 +66,8 @@ class QueryResult:
 
 
 def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    text = first_line(exc)
+    text = text if text == type(exc).__name__ else f"{type(exc).__name__}: {text}"
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
 
 

@@ -29,7 +29,7 @@ from ematix_flow.coordinator_lib.report import RunReport, render_graph
 from ematix_flow.engine import layout
 from ematix_flow.engine.settings import execution_context, planning_context
 from ematix_flow.engine.tasks import TaskRunner
-from ematix_flow.errors import ConfigError, FlowError
+from ematix_flow.errors import ConfigError, FlowError, first_line
 from ematix_flow.transport.flight import ClientPool
 from ematix_flow.transport.messages import PeerInfo
 from ematix_flow.transport.tls import TLSConfig
@@ -208,8 +208,7 @@ class Mesh:
         except FlowError:
             raise
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ConfigError(f"cannot register table {name}: {first}") from exc
+            raise ConfigError(f"cannot register table {name}: {first_line(exc)}") from exc
 
     # ------------------------------------------------------------------ queries
     def explain(

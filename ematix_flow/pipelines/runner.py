@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ematix_flow.coordinator_lib.progress import ProgressHook
-from ematix_flow.errors import ConfigError, FlowError, QueryError
+from ematix_flow.errors import ConfigError, FlowError, QueryError, first_line
 from ematix_flow.pipelines.config import Pipeline
 from ematix_flow.pipelines.dialect import translate
 from ematix_flow.pipelines.sources import describe_source, register_source
@@ -398,5 +398,6 @@ def _quote(name: str) -> str:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+    """``Kind: first line`` of an unexpected error, for the run record."""
+    text, kind = first_line(exc), type(exc).__name__
+    return (text if text == kind else f"{kind}: {text}")[:500]

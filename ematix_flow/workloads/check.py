@@ -31,7 +31,7 @@ import pyarrow as pa
 from datafusion import SessionConfig, SessionContext
 
 from ematix_flow.engine.tables import ParquetRegistrar
-from ematix_flow.errors import ConfigError, FlowError
+from ematix_flow.errors import ConfigError, FlowError, first_line
 from ematix_flow.workloads import tpcds, tpch
 from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 
@@ -167,10 +167,9 @@ class QueryCheck:
 
 
 def _one_line(exc: BaseException, *, with_type: bool = True) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[0] if lines else ""
-    if with_type:
-        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    text = first_line(exc)
+    if with_type and text != type(exc).__name__:
+        text = f"{type(exc).__name__}: {text}"
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
 
 

@@ -16,16 +16,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ematix_flow.errors import ConfigError, LoadError
+from ematix_flow.errors import ConfigError, LoadError, first_line
 from ematix_flow.pipelines.targets.base import SCD2_COLUMNS, LoadMode
 
 _BATCH_ROWS = 10_000
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (the first non-empty line; databases add context lines)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 # ------------------------------------------------------------------------------ row hash
@@ -99,7 +93,7 @@ def prepare(data: pa.Table, where: str) -> pa.Table:
             columns.append(column.cast(field.type, safe=True))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise LoadError(
-                f"{where}: column {name!r} cannot be stored as {field.type}: {one_line(exc)} "
+                f"{where}: column {name!r} cannot be stored as {field.type}: {first_line(exc)} "
                 "(cast or truncate it in the SQL)"
             ) from exc
     return pa.Table.from_arrays(columns, schema=target)

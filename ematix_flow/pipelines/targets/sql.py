@@ -24,7 +24,7 @@ from typing import ClassVar, TypeVar, get_args
 
 import pyarrow as pa
 
-from ematix_flow.errors import ConfigError, FlowError, LoadError
+from ematix_flow.errors import ConfigError, FlowError, LoadError, first_line
 from ematix_flow.pipelines.targets import modes
 from ematix_flow.pipelines.targets.base import (
     HISTORY_SCHEMA,
@@ -39,7 +39,6 @@ from ematix_flow.pipelines.targets.base import (
 from ematix_flow.pipelines.targets.rows import (
     check_keys,
     column_types,
-    one_line,
     prepare,
     row_hashes,
 )
@@ -85,7 +84,7 @@ def fit_columns(data: pa.Table, existing: Mapping[str, pa.DataType], where: str)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 raise LoadError(
                     f"{where}: column {field_.name!r}: the result's {field_.type} values do not fit the "
-                    f"table's {target} column ({one_line(exc)}): cast them in the SQL, or load into a "
+                    f"table's {target} column ({first_line(exc)}): cast them in the SQL, or load into a "
                     "new table"
                 ) from exc
         columns.append(column)
@@ -168,7 +167,7 @@ class SQLTarget(ABC):
             )
         except Exception as exc:
             raise LoadError(
-                f"{self.describe()}: cannot read run history: {one_line(exc)} (check the database)"
+                f"{self.describe()}: cannot read run history: {first_line(exc)} (check the database)"
             ) from exc
         finally:
             if session is not None:
@@ -236,7 +235,9 @@ class SQLTarget(ABC):
         try:
             self._transaction(write, "recording a failed run")
         except Exception as exc:  # best effort: the run's own error is what the user must see
-            _log.warning("%s: could not record failed run %s: %s", self.describe(), run.run_id, one_line(exc))
+            _log.warning(
+                "%s: could not record failed run %s: %s", self.describe(), run.run_id, first_line(exc)
+            )
 
     # -------------------------------------------------------------------------- steps
     def _transaction(self, work: Callable[[Session], _T], what: str) -> _T:
@@ -255,7 +256,7 @@ class SQLTarget(ABC):
         except Exception as exc:
             _rollback_quietly(session)
             raise LoadError(
-                f"{self.describe()}: {what} failed: {one_line(exc)}; nothing was written "
+                f"{self.describe()}: {what} failed: {first_line(exc)}; nothing was written "
                 "(fix the result or the table and run again)"
             ) from exc
         finally:
@@ -352,11 +353,11 @@ def _rollback_quietly(session: Session | None) -> None:
     try:
         session.rollback()
     except Exception as exc:  # the error that made us roll back is the one to raise
-        _log.debug("rollback failed: %s", one_line(exc))
+        _log.debug("rollback failed: %s", first_line(exc))
 
 
 def _close_quietly(session: Session) -> None:
     try:
         session.close()
     except Exception as exc:  # closing discards an uncommitted transaction either way
-        _log.debug("close failed: %s", one_line(exc))
+        _log.debug("close failed: %s", first_line(exc))
