@@ -9,8 +9,8 @@ import pyarrow as pa
 from datafusion import DataFrame, SessionContext, SQLOptions
 from datafusion.plan import ExecutionPlan
 
+from ematix_flow.coordinator_lib.codec import codec_problem, node_infos
 from ematix_flow.errors import QueryError
-from ematix_flow.planner.nodes import NodeInfo
 from ematix_flow.planner.stages import StageGraph, build_graph
 
 
@@ -29,21 +29,6 @@ class PlannedQuery:
     def scan_bytes(self) -> int:
         """Bytes the query's file scans read."""
         return self.graph.scan_bytes
-
-
-def node_infos(plan: ExecutionPlan) -> list[NodeInfo]:
-    """DataFusion's view of every node, pre-order: partition count, first display line, child count."""
-    out: list[NodeInfo] = []
-
-    def walk(node: ExecutionPlan) -> None:
-        text = node.display().strip()
-        children = node.children()
-        out.append(NodeInfo(node.partition_count, text.splitlines()[0] if text else "", len(children)))
-        for c in children:
-            walk(c)
-
-    walk(plan)
-    return out
 
 
 def one_line(text: str) -> str:
@@ -93,5 +78,12 @@ def plan_query(ctx: SessionContext, sql: str, keep: dict[int, str] | None = None
         node = re.search(r"Plan: (\w+)", str(exc))
         reason = f"DataFusion cannot serialize its {node.group(1) if node else 'plan'}"
         return PlannedQuery(sql, StageGraph([]), df.schema(), b"", local_plan=plan, local_reason=reason)
-    graph = build_graph(plan_bytes, node_infos(plan), keep)
+    infos = node_infos(plan)
+    problem = codec_problem(ctx, plan_bytes, infos)
+    if problem is not None:
+        # the bytes would make peers run another plan (codec.py): run this one here instead
+        return PlannedQuery(
+            sql, StageGraph([]), df.schema(), plan_bytes, local_plan=plan, local_reason=problem
+        )
+    graph = build_graph(plan_bytes, infos, keep)
     return PlannedQuery(sql, graph, df.schema(), plan_bytes)
