@@ -403,7 +403,7 @@ class QueryDriver:
         missing = [planned.graph[i.stage] for i in inputs if state.runs[i.stage].schema is None]
         if not missing:
             return
-        schemas = explain_schemas(self.sub.ctx, planned.sql)
+        schemas = explain_schemas(planned.planned_in or self.sub.ctx, planned.sql)  # the plan's own context
         for stage in missing:
             schema = schemas[stage.site]
             names = list(schema.names)
