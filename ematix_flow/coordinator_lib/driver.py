@@ -215,7 +215,7 @@ class QueryDriver:
         progress = _Progress(self.hook, None, report, self.t0)
         progress()
         if planned.local_plan is not None:
-            ctx, plan = self.sub.ctx, planned.local_plan
+            ctx, plan = planned.planned_in or self.sub.ctx, planned.local_plan
         else:
             ctx = self.sub.runner.ctx
             plan = decode(ctx, planned.plan_bytes)
@@ -403,7 +403,7 @@ class QueryDriver:
         missing = [planned.graph[i.stage] for i in inputs if state.runs[i.stage].schema is None]
         if not missing:
             return
-        schemas = explain_schemas(self.sub.ctx, planned.sql)
+        schemas = explain_schemas(planned.planned_in or self.sub.ctx, planned.sql)  # the plan's own context
         for stage in missing:
             schema = schemas[stage.site]
             names = list(schema.names)

@@ -9,6 +9,7 @@ import pyarrow as pa
 from datafusion import DataFrame, SessionContext, SQLOptions
 from datafusion.plan import ExecutionPlan
 
+from ematix_flow.coordinator_lib import subqueries
 from ematix_flow.coordinator_lib.codec import codec_problem, node_infos
 from ematix_flow.errors import QueryError
 from ematix_flow.planner.stages import StageGraph, build_graph
@@ -24,6 +25,7 @@ class PlannedQuery:
     plan_bytes: bytes
     local_plan: ExecutionPlan | None = None  # set when the plan can only run where it was planned
     local_reason: str = ""
+    planned_in: SessionContext | None = None  # set when not planned in the Mesh's context (subqueries.py)
 
     @property
     def scan_bytes(self) -> int:
@@ -67,10 +69,14 @@ def dataframe(ctx: SessionContext, sql: str, *, read_only: bool = False) -> Data
 def plan_query(ctx: SessionContext, sql: str, keep: dict[int, str] | None = None) -> PlannedQuery:
     """Plan ``sql`` in ``ctx`` and cut it into stages (``keep``: exchanges not to cut, with why)."""
     df = dataframe(ctx, sql)
+    planned_in: SessionContext | None = None
     try:
         plan = df.execution_plan()
     except Exception as exc:
-        raise _sql_error(exc) from exc
+        fallback = subqueries.plan_with_subqueries(ctx, sql)
+        if fallback is None:
+            raise _sql_error(exc) from exc
+        planned_in, df, plan = fallback.ctx, fallback.df, fallback.plan
     try:
         plan_bytes = plan.to_bytes()
     except Exception as exc:
@@ -79,11 +85,19 @@ def plan_query(ctx: SessionContext, sql: str, keep: dict[int, str] | None = None
         reason = f"DataFusion cannot serialize its {node.group(1) if node else 'plan'}"
         return PlannedQuery(sql, StageGraph([]), df.schema(), b"", local_plan=plan, local_reason=reason)
     infos = node_infos(plan)
-    problem = codec_problem(ctx, plan_bytes, infos)
+    problem = codec_problem(planned_in or ctx, plan_bytes, infos)
     if problem is not None:
         # the bytes would make peers run another plan (codec.py): run this one here instead
         return PlannedQuery(
-            sql, StageGraph([]), df.schema(), plan_bytes, local_plan=plan, local_reason=problem
+            sql,
+            StageGraph([]),
+            df.schema(),
+            plan_bytes,
+            local_plan=plan,
+            local_reason=problem,
+            planned_in=planned_in,
         )
+    if planned_in is not None:
+        keep = {**subqueries.exchanges_to_keep(planned_in, plan_bytes, infos), **(keep or {})}
     graph = build_graph(plan_bytes, infos, keep)
-    return PlannedQuery(sql, graph, df.schema(), plan_bytes)
+    return PlannedQuery(sql, graph, df.schema(), plan_bytes, planned_in=planned_in)

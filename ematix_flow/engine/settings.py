@@ -16,6 +16,7 @@ PLANNING_SETTINGS: dict[str, str] = {
     # deterministic partition contents: no round-robin repartitioning
     "datafusion.optimizer.enable_round_robin_repartition": "false",
     # uncorrelated scalar subqueries as joins: a ScalarSubqueryExpr cannot be decoded away from its exec
+    # (what cannot be a join is planned again with the exec, coordinator_lib/subqueries.py)
     "datafusion.optimizer.enable_physical_uncorrelated_scalar_subquery": "false",
     # InterleaveExec asserts at decode that its children are hash-partitioned; a spliced scan is not
     "datafusion.optimizer.prefer_existing_union": "true",

@@ -1,0 +1,131 @@
+"""Uncorrelated scalar subqueries that only DataFusion's physical ``ScalarSubqueryExec`` can plan.
+
+Our planning context turns uncorrelated scalar subqueries into joins
+(``enable_physical_uncorrelated_scalar_subquery=false``, see engine/settings.py): a
+``ScalarSubqueryExpr`` reads its value from the ``ScalarSubqueryExec`` above it, and DataFusion cannot
+decode the expression in a plan slice that lacks that node. Where the logical optimizer cannot make
+a join (a subquery inside an aggregate's or a window's arguments, in ORDER BY or GROUP BY, in an outer
+join's ON), physical planning fails, while DataFusion (whose default is the physical form) answers.
+
+Such a query is planned again with DataFusion's default in a context of its own (the same settings,
+tables and functions; the shared planning context is never changed, other threads plan in it), and
+every exchange between a ``ScalarSubqueryExec`` and an expression that reads its value stays inside
+one stage. Which exchanges those are is asked of DataFusion itself: the subtree a cut there would
+ship to a peer is decoded here, and an exchange whose subtree cannot be decoded alone is not cut.
+Every other exchange is cut as usual, so the stages that hold no such expression are distributed
+(the subqueries' own inputs included; each task running a ``ScalarSubqueryExec`` reads them whole).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from datafusion import DataFrame, SessionContext, SQLOptions
+from datafusion.plan import ExecutionPlan
+
+from ematix_flow.errors import first_line
+from ematix_flow.planner.nodes import GATHERS, NodeInfo, PlanNode, attach_infos, parse_tree
+from ematix_flow.planner.stages import is_hash_repartition
+
+log = logging.getLogger(__name__)
+
+#: DataFusion's setting for planning uncorrelated scalar subqueries physically (its default: true).
+PHYSICAL_SUBQUERIES = "datafusion.optimizer.enable_physical_uncorrelated_scalar_subquery"
+
+#: Why an exchange stays inside its consumer stage (``explain`` shows it as the stage's reason).
+KEPT_REASON = "the plan below reads a scalar subquery's value: it decodes only with its ScalarSubqueryExec"
+
+
+#: ``ctx.sql`` has already run the statement's eager parts (DDL, SET): planning again must not repeat them.
+_NO_SIDE_EFFECTS = SQLOptions().with_allow_ddl(False).with_allow_statements(False)
+
+
+@dataclass
+class SubqueryPlan:
+    """A query planned with physical scalar subqueries: the context and frame it was planned in."""
+
+    ctx: SessionContext
+    df: DataFrame
+    plan: ExecutionPlan
+
+
+def subquery_context(ctx: SessionContext) -> SessionContext:
+    """A new context like ``ctx`` (settings, catalogs, functions) that plans scalar subqueries physically.
+
+    The catalogs are shared, not copied: tables registered in ``ctx`` later are seen here too.
+    """
+    other = SessionContext(ctx.copied_config().set(PHYSICAL_SUBQUERIES, "true"))
+    for name in ctx.catalog_names():
+        other.register_catalog_provider(name, ctx.catalog(name))
+    # every function, built-in ones too (a UDF may replace one): ~3 ms, only for such queries
+    for name in ctx.udfs():
+        other.register_udf(ctx.udf(name))
+    for name in ctx.udafs():
+        other.register_udaf(ctx.udaf(name))
+    for name in ctx.udwfs():
+        other.register_udwf(ctx.udwf(name))
+    return other
+
+
+def plan_with_subqueries(ctx: SessionContext, sql: str) -> SubqueryPlan | None:
+    """Plan ``sql`` again with physical scalar subqueries (after planning in ``ctx`` failed).
+
+    None when that fails too (``ctx`` may plan them physically already): the first error stands.
+    """
+    other = subquery_context(ctx)
+    try:
+        df = other.sql_with_options(sql, _NO_SIDE_EFFECTS)
+        return SubqueryPlan(other, df, df.execution_plan())
+    except Exception:
+        return None
+
+
+#: ``ScalarSubqueryExecNode.input`` (its ``subqueries`` are field 2: they never read its values).
+_EXEC_INPUT = 1
+
+
+def _cut_body(node: PlanNode) -> PlanNode | None:
+    """What a cut at ``node`` ships to the producer stage (as ``stages.build_graph`` cuts), else None."""
+    if is_hash_repartition(node):
+        return node
+    if node.kind in GATHERS:
+        return node.children[0]
+    return None
+
+
+def _below_subquery_exec(root: PlanNode) -> list[PlanNode]:
+    """Nodes under the input side of some ``ScalarSubqueryExec`` (only there can a value be missing)."""
+    out: list[PlanNode] = []
+
+    def walk(node: PlanNode, inside: bool) -> None:
+        if inside:
+            out.append(node)
+        for slot, child in zip(node.child_slots, node.children, strict=True):
+            input_side = node.kind == "scalar_subquery" and node.fields[slot].number == _EXEC_INPUT
+            walk(child, inside or input_side)
+
+    walk(root, False)
+    return out
+
+
+def exchanges_to_keep(ctx: SessionContext, plan_bytes: bytes, infos: list[NodeInfo]) -> dict[int, str]:
+    """Exchanges (pre-order index) whose producer side cannot be decoded without a ``ScalarSubqueryExec``.
+
+    Empty for a plan without one. Decoding is all it costs: nothing runs.
+    """
+    root = attach_infos(parse_tree(plan_bytes), infos)
+    if not any(n.kind == "scalar_subquery" for n in root.walk()):
+        return {}
+    keep: dict[int, str] = {}
+    for node in _below_subquery_exec(root):
+        body = _cut_body(node)
+        index = node.meta.get("index")
+        if body is None or not isinstance(index, int):
+            continue
+        try:
+            ExecutionPlan.from_bytes(ctx, body.to_bytes())
+        except Exception as exc:
+            log.debug("exchange %d is not cut: %s", index, first_line(exc, 200))
+            keep[index] = KEPT_REASON
+    return keep
