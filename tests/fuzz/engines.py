@@ -21,7 +21,7 @@ from datafusion import SessionConfig, SessionContext
 from datafusion.plan import ExecutionPlan
 
 from ematix_flow import Mesh
-from ematix_flow.compare import compare_tables, query_is_ordered
+from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 from ematix_flow.engine.settings import planning_context
 
 __all__ = ["SUSPECTS", "Engines", "Outcome", "agrees_when", "compare", "one_line", "planner_alone"]

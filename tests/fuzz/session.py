@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ematix_flow.compare import compare_tables
+from ematix_flow.workloads.compare import compare_tables
 from tests.fuzz.cases import Case, answer_json, case_name
 from tests.fuzz.engines import Engines, Outcome, agrees_when, compare, planner_alone
 from tests.fuzz.families import KNOWN, classify, error_key, signature
