@@ -233,7 +233,8 @@ class QueryDriver:
         """Run the query's stages on the peers and stream the root stage's result from here.
 
         A stage that fails because of where it was cut (``_exchanges_to_keep``) makes the query
-        re-plan with those exchanges kept inside it, up to ``MAX_REPLANS`` times.
+        re-plan with those exchanges kept inside it, up to ``MAX_REPLANS`` times; a query still
+        failing so then runs in-process here (the plan DataFusion made, uncut), as DataFusion would.
         """
         planned = self.planned
         keep: dict[int, str] = {}
@@ -249,8 +250,13 @@ class QueryDriver:
             except BaseException as exc:
                 self._finish(report, state)
                 more: dict[int, str] = {}
-                if isinstance(exc, TaskFailedError) and attempt < MAX_REPLANS:
+                if isinstance(exc, TaskFailedError) and exc.reason == TaskFailedError.CUT:
                     more = _exchanges_to_keep(planned, exc, keep)
+                    if more and attempt == MAX_REPLANS:
+                        reason = f"still failing when cut after {MAX_REPLANS} re-plans ({next(iter(more.values()))})"
+                        log.info("query=%s: running in-process: %s", state.query_id, reason)
+                        yield from self.in_process(f"Ran in-process on the submitter: its plan {reason}")
+                        return
                 if not more:
                     raise
                 log.info(

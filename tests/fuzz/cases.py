@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from tests.fuzz.tables import TYPES, Column, Table, World
 
-__all__ = ["CASES_DIR", "Case", "answer_json", "load_cases"]
+__all__ = ["CASES_DIR", "Case", "answer_json", "datafusion_bug_families", "load_cases"]
 
 CASES_DIR = Path(__file__).parent / "cases"
 
@@ -38,6 +38,11 @@ class Case:
     mesh: dict[str, Any] = field(default_factory=dict)  # {"error": ...} or {"rows": .., "difference": ..}
     found: dict[str, Any] = field(default_factory=dict)  # seed, world, query, original SQL
     check: str = "rows"  # "rows", or "count" for a LIMIT without ORDER BY
+    #: For a bug in DataFusion itself (its default answer is wrong or depends on timing): the settings
+    #: with which single-process DataFusion answers right, and what the bug is. The replay compares
+    #: the mesh with DataFusion under these settings.
+    reference_settings: dict[str, str] = field(default_factory=dict)
+    datafusion_bug: str = ""
 
     @property
     def world(self) -> World:
@@ -67,6 +72,9 @@ class Case:
             "mesh": self.mesh,
             "found": self.found,
         }
+        if self.reference_settings:
+            doc["reference_settings"] = self.reference_settings
+            doc["datafusion_bug"] = self.datafusion_bug
         return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
 
     @classmethod
@@ -96,6 +104,8 @@ class Case:
             doc.get("mesh", {}),
             doc.get("found", {}),
             doc.get("check", "rows"),
+            doc.get("reference_settings", {}),
+            doc.get("datafusion_bug", ""),
         )
 
     def save(self, folder: Path) -> Path:
@@ -109,6 +119,11 @@ class Case:
 def load_cases(folder: Path = CASES_DIR) -> list[Case]:
     """Every case saved in ``folder``, by name."""
     return [Case.from_json(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def datafusion_bug_families(cases: list[Case]) -> frozenset[str]:
+    """The families of saved bugs in DataFusion itself: a new difference of one is not the mesh's."""
+    return frozenset(c.family for c in cases if c.reference_settings)
 
 
 def case_name(family: str, folder: Path) -> str:

@@ -21,8 +21,8 @@ from datafusion import SessionConfig, SessionContext
 from datafusion.plan import ExecutionPlan
 
 from ematix_flow import Mesh
-from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 from ematix_flow.engine.settings import planning_context
+from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 
 __all__ = ["SUSPECTS", "Engines", "Outcome", "agrees_when", "compare", "one_line", "planner_alone"]
 
@@ -95,8 +95,8 @@ class Engines:
             self.planning[p] = planning_context(p)
 
     def register(self, paths: dict[str, Path]) -> None:
-        """Register every table (a folder of Parquet files) by path in every engine."""
-        self.paths.update(paths)
+        """Register every table of a world (a folder of Parquet files each) by path in every engine."""
+        self.paths = dict(paths)  # the current world's tables (run_reference_with registers these)
         for name, path in paths.items():
             for mesh in self.meshes.values():
                 mesh.register_parquet(name, path)
@@ -123,9 +123,12 @@ class Engines:
             return Outcome(error=one_line(exc), seconds=time.perf_counter() - t0)
         return Outcome(table, seconds=time.perf_counter() - t0)
 
-    def run_reference_with(self, sql: str, p: int, key: str, value: str) -> Outcome:
-        """DataFusion's answer with one setting changed (a fresh context over the registered tables)."""
-        ctx = SessionContext(SessionConfig().with_target_partitions(p).set(key, value))
+    def run_reference_with(self, sql: str, p: int, settings: dict[str, str]) -> Outcome:
+        """DataFusion's answer with ``settings`` changed (a fresh context over the registered tables)."""
+        config = SessionConfig().with_target_partitions(p)
+        for key, value in settings.items():
+            config = config.set(key, value)
+        ctx = SessionContext(config)
         for name, path in self.paths.items():
             ctx.register_parquet(name, str(path))
         try:
@@ -211,7 +214,7 @@ def agrees_when(engines: Engines, sql: str, top_tags: set[str], p: int, got: Out
         return []
     out = []
     for key, value in SUSPECTS.items():
-        alt = engines.run_reference_with(sql, p, key, value)
+        alt = engines.run_reference_with(sql, p, {key: value})
         if alt.table is not None and compare(sql, top_tags, got, alt) is None:
             out.append(f"{key.rsplit('.', 1)[1]}={value}")
     return out
