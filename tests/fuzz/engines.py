@@ -21,6 +21,7 @@ from datafusion import SessionConfig, SessionContext
 from datafusion.plan import ExecutionPlan
 
 from ematix_flow import Mesh
+from ematix_flow.engine.run import is_panic
 from ematix_flow.engine.settings import planning_context
 from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 
@@ -47,6 +48,11 @@ class Outcome:
     error: str | None = None
     peers: int = 0
     seconds: float = 0.0
+
+
+def failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is an engine's failure to answer (an error or a Rust panic), not an interrupt."""
+    return isinstance(exc, Exception) or is_panic(exc)
 
 
 def one_line(exc: BaseException) -> str:
@@ -110,7 +116,9 @@ class Engines:
         t0 = time.perf_counter()
         try:
             table = self.reference[p].sql(sql).to_arrow_table()
-        except Exception as exc:
+        except BaseException as exc:  # a DataFusion panic is a BaseException
+            if not failed(exc):
+                raise
             return Outcome(error=one_line(exc), seconds=time.perf_counter() - t0)
         return Outcome(table, seconds=time.perf_counter() - t0)
 
@@ -119,7 +127,9 @@ class Engines:
         t0 = time.perf_counter()
         try:
             table = self.planning[p].sql(sql).to_arrow_table()
-        except Exception as exc:
+        except BaseException as exc:  # a DataFusion panic is a BaseException
+            if not failed(exc):
+                raise
             return Outcome(error=one_line(exc), seconds=time.perf_counter() - t0)
         return Outcome(table, seconds=time.perf_counter() - t0)
 
@@ -133,7 +143,9 @@ class Engines:
             ctx.register_parquet(name, str(path))
         try:
             return Outcome(ctx.sql(sql).to_arrow_table())
-        except Exception as exc:
+        except BaseException as exc:  # a DataFusion panic is a BaseException
+            if not failed(exc):
+                raise
             return Outcome(error=one_line(exc))
 
     def run_mesh(self, sql: str, p: int) -> Outcome:
@@ -142,7 +154,9 @@ class Engines:
         t0 = time.perf_counter()
         try:
             table = mesh.sql(sql, timeout=QUERY_TIMEOUT)
-        except Exception as exc:
+        except BaseException as exc:  # a DataFusion panic is a BaseException
+            if not failed(exc):
+                raise
             return Outcome(error=one_line(exc), seconds=time.perf_counter() - t0)
         run = mesh.last_run
         peers = len(run.peers_used) if run is not None else 0
@@ -152,7 +166,9 @@ class Engines:
         """The shape of the plan the mesh's planner makes for ``sql`` (None if it cannot plan it)."""
         try:
             return plan_shape(self.planning[p].sql(sql).execution_plan())
-        except Exception:
+        except BaseException as exc:
+            if not failed(exc):
+                raise
             return None
 
     def close(self) -> None:
