@@ -253,7 +253,8 @@ class QueryDriver:
                 if isinstance(exc, TaskFailedError) and exc.reason == TaskFailedError.CUT:
                     more = _exchanges_to_keep(planned, exc, keep)
                     if more and attempt == MAX_REPLANS:
-                        reason = f"still failing when cut after {MAX_REPLANS} re-plans ({next(iter(more.values()))})"
+                        first_cause = next(iter(more.values()))
+                        reason = f"still failing when cut after {MAX_REPLANS} re-plans ({first_cause})"
                         log.info("query=%s: running in-process: %s", state.query_id, reason)
                         yield from self.in_process(f"Ran in-process on the submitter: its plan {reason}")
                         return
