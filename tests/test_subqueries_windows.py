@@ -196,6 +196,53 @@ def test_only_what_joins_cannot_plan_takes_a_scalar_subquery_exec(data: dict[str
     assert all(planned.graph[i.stage].single_task is None for i in holder.inputs)
 
 
+#: Scalar subqueries whose row count only the run can tell: as joins they would return a row per
+#: subquery row; DataFusion's physical form (and SQL) fails on a second row, as those in MANY_ROWS do.
+ROW_COUNTS: dict[str, str] = {
+    "many-rows-where": "SELECT count(*) FROM t1 WHERE x > (SELECT v FROM t2 WHERE k = 3)",
+    "many-rows-select": "SELECT id, (SELECT v FROM t2 WHERE k < 2) AS v FROM t1 WHERE g = 3",
+    "grouped-many": "SELECT count(*) FROM t1 WHERE x > (SELECT max(v) FROM t2 GROUP BY k)",
+    "grouped-one": "SELECT count(*) FROM t1 WHERE x > (SELECT max(v) FROM t2 WHERE k = 3 GROUP BY k)",
+    "distinct-one": "SELECT count(*) FROM t1 WHERE g = (SELECT DISTINCT k FROM t2 WHERE k = 9)",
+    "no-rows": "SELECT count(*) FROM t1 WHERE x > (SELECT v FROM t2 WHERE k = 99)",
+}
+MANY_ROWS = {"many-rows-where", "many-rows-select", "grouped-many"}
+
+
+@pytest.mark.parametrize("partitions", [2, 4])
+@pytest.mark.parametrize("name", list(ROW_COUNTS))
+def test_a_scalar_subquery_with_more_than_one_row_fails_as_in_datafusion(
+    meshes: Callable[[int], Mesh], reference: Callable[[str], pa.Table], name: str, partitions: int
+) -> None:
+    sql = ROW_COUNTS[name]
+    mesh = meshes(partitions)
+    if name not in MANY_ROWS:
+        check(mesh, reference, sql)
+        return
+    with pytest.raises(Exception, match="Scalar subquery returned more than one row"):
+        reference(sql)
+    with pytest.raises(Exception, match="Scalar subquery returned more than one row") as caught:
+        mesh.sql(sql)
+    assert "\n" not in str(caught.value), "one line"
+
+
+def test_only_subqueries_of_unproven_row_count_leave_the_join_form(data: dict[str, Path]) -> None:
+    ctx = planning_context(4)
+    for name, path in data.items():
+        ctx.register_parquet(name, str(path))
+    one_row = [
+        "SELECT id FROM t1 WHERE x > (SELECT max(v) FROM t2)",
+        "SELECT id FROM t1 WHERE x > (SELECT v FROM t2 LIMIT 1)",
+        "SELECT id FROM t1 WHERE x > (SELECT v FROM t2 ORDER BY v DESC LIMIT 1)",
+        "SELECT id, (SELECT 5) FROM t1",
+        "SELECT id FROM t1 WHERE x > (SELECT max(v) FROM t2 WHERE t2.k = t1.g)",  # correlated: per key
+    ]
+    for sql in one_row:
+        assert plan_query(ctx, sql).planned_in is None, sql
+    for name, sql in ROW_COUNTS.items():  # none is provably one row (no row at all: known at run time)
+        assert plan_query(ctx, sql).planned_in is not None, name
+
+
 def test_concurrent_queries_plan_in_their_own_contexts(
     meshes: Callable[[int], Mesh], reference: Callable[[str], pa.Table]
 ) -> None:

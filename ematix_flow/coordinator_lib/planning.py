@@ -72,6 +72,11 @@ def plan_query(ctx: SessionContext, sql: str, keep: dict[int, str] | None = None
     planned_in: SessionContext | None = None
     try:
         plan = df.execution_plan()
+        if subqueries.unchecked_scalar_subquery(df):
+            # the physical form checks that the subquery returns one row (as single-process DataFusion)
+            checked = subqueries.plan_with_subqueries(ctx, sql)
+            if checked is not None:
+                planned_in, df, plan = checked.ctx, checked.df, checked.plan
     except Exception as exc:
         fallback = subqueries.plan_with_subqueries(ctx, sql)
         if fallback is None:

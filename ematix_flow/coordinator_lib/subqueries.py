@@ -19,6 +19,7 @@ Every other exchange is cut as usual, so the stages that hold no such expression
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from datafusion import DataFrame, SessionContext, SQLOptions
@@ -69,9 +70,11 @@ def subquery_context(ctx: SessionContext) -> SessionContext:
 
 
 def plan_with_subqueries(ctx: SessionContext, sql: str) -> SubqueryPlan | None:
-    """Plan ``sql`` again with physical scalar subqueries (after planning in ``ctx`` failed).
+    """Plan ``sql`` again with physical scalar subqueries.
 
-    None when that fails too (``ctx`` may plan them physically already): the first error stands.
+    Used when planning in ``ctx`` failed, or when its join form would not check a subquery's row
+    count (``unchecked_scalar_subquery``). None when that fails too (``ctx`` may plan them
+    physically already): the first error stands.
     """
     other = subquery_context(ctx)
     try:
@@ -79,6 +82,95 @@ def plan_with_subqueries(ctx: SessionContext, sql: str) -> SubqueryPlan | None:
         return SubqueryPlan(other, df, df.execution_plan())
     except Exception:
         return None
+
+
+#: A scalar subquery in DataFusion's display of a logical plan (IN and EXISTS show ``IN (<subquery>)``).
+_SUBQUERY = "(<subquery>)"
+_OCCURRENCE = re.compile(r"(\bIN |\bEXISTS )?\(<subquery>\)")
+#: Nodes that never yield more rows than their input.
+_PASS_ROWS = {"Projection", "SubqueryAlias", "Filter", "Sort", "Window", "Limit", "Distinct"}
+_FETCH = re.compile(r"\bfetch=(\d+)")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _input_of(lines: list[str], i: int) -> int | None:
+    """The line of node ``i``'s first input (its ``Subquery:`` blocks skipped), None for a leaf."""
+    depth = _indent(lines[i])
+    j = i + 1
+    while j < len(lines) and _indent(lines[j]) > depth:
+        if _indent(lines[j]) == depth + 2 and lines[j].strip() != "Subquery:":
+            return j
+        j += 1
+    return None
+
+
+def _at_most_one_row(lines: list[str], i: int) -> bool:
+    """Whether the plan at line ``i`` provably yields at most one row (global aggregate, LIMIT 1, ...)."""
+    node = lines[i].strip()
+    name = node.split(":", 1)[0]
+    fetch = _FETCH.search(node) if name in ("Limit", "Sort") else None
+    if node.startswith("Aggregate: groupBy=[[]]") or name == "EmptyRelation":
+        return True
+    if fetch is not None and int(fetch.group(1)) <= 1:
+        return True
+    child = _input_of(lines, i) if name in _PASS_ROWS else None
+    return child is not None and _at_most_one_row(lines, child)
+
+
+def unchecked_scalar_subquery(df: DataFrame) -> bool:
+    """Whether an uncorrelated scalar subquery of ``df`` could return more than one row.
+
+    As a join (our planning setting) such a subquery yields a row per subquery row, where DataFusion's
+    physical form (and SQL) fails with "Scalar subquery returned more than one row". Read from the
+    logical plan's display (a node's ``Subquery:`` blocks follow its expressions' order), and
+    conservatively: a subquery not provably one row (a global aggregate, LIMIT 1) counts. Correlated
+    subqueries plan the same way in both forms.
+    """
+    text = df.logical_plan().display_indent()
+    if _SUBQUERY not in text:
+        return False
+    lines = text.splitlines()
+    for owner, line in enumerate(lines):
+        kinds = [m.group(1) is None for m in _OCCURRENCE.finditer(line)]  # True: a scalar subquery
+        if not any(kinds):
+            continue
+        blocks = _subquery_blocks(lines, owner)
+        if len(blocks) != len(kinds):
+            kinds = [True] * len(blocks)  # cannot tell which is which: check every one
+        for body, scalar in zip(blocks, kinds, strict=True):
+            if scalar and not _correlated(lines, body) and not _at_most_one_row(lines, body):
+                return True
+    return False
+
+
+def _subquery_blocks(lines: list[str], owner: int) -> list[int]:
+    """The first plan line of each ``Subquery:`` block of node ``owner``, in order."""
+    depth = _indent(lines[owner])
+    out: list[int] = []
+    for k in range(owner + 1, len(lines)):
+        if _indent(lines[k]) <= depth:
+            break
+        if _indent(lines[k]) == depth + 2 and lines[k].strip() == "Subquery:":
+            out.append(k + 1)
+    return out
+
+
+def _correlated(lines: list[str], i: int) -> bool:
+    """Whether the subquery plan at line ``i`` reads the outer query (nested subqueries not counted)."""
+    depth = _indent(lines[i])
+    nested: int | None = None
+    for line in lines[i:]:
+        if _indent(line) < depth or (line is not lines[i] and _indent(line) == depth):
+            break
+        if nested is not None and _indent(line) > nested:
+            continue
+        nested = _indent(line) if line.strip() == "Subquery:" else None
+        if "outer_ref(" in line:
+            return True
+    return False
 
 
 #: ``ScalarSubqueryExecNode.input`` (its ``subqueries`` are field 2: they never read its values).
