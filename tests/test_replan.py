@@ -3,7 +3,10 @@ and schemas merged across the tasks of one stage."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from datafusion import SessionConfig, SessionContext
 
@@ -45,6 +48,40 @@ def test_only_a_failure_typed_as_a_cut_keeps_exchanges(planning_ctx: SessionCont
     assert _exchanges_to_keep(planned, untyped, {}) == {}
     unplaced = TaskFailedError(text, reason=TaskFailedError.CUT)  # no stage
     assert _exchanges_to_keep(planned, unplaced, {}) == {}
+
+
+def test_a_failing_stage_with_nothing_below_keeps_the_exchange_above(planning_ctx: SessionContext) -> None:
+    planned = plan_query(planning_ctx, tpch.query(3))
+    leaf = next(s for s in planned.graph.stages if not s.inputs)
+    text = "run_task failed on peer p: execution failed: DataFusion error: Internal error: no direction"
+    kept = _exchanges_to_keep(planned, TaskFailedError(text, stage=leaf.id, reason=TaskFailedError.CUT), {})
+    above = {i.exchange for s in planned.graph.stages for i in s.inputs if i.stage == leaf.id}
+    assert above and set(kept) == above
+
+
+@pytest.mark.integration
+def test_a_union_split_across_tasks_under_a_limited_distinct_is_replanned(tmp_path: Path) -> None:
+    # DISTINCT (a UNION) with a LIMIT over a union with one sorted input: DataFusion picks its
+    # aggregation strategy from the union's ordering; a task holding only the sorted input's share
+    # picks the top-k one, which needs a direction the plan does not have ("Internal error")
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    pq.write_table(pa.table({"id": [0], "c4": pa.array([4], pa.int16())}), a)
+    pq.write_table(pa.table({"id": pa.array([], pa.int64())}), b)
+    sql = (
+        "SELECT c4 AS x1, 0.5 AS x3 FROM a UNION "
+        "SELECT 1 AS x6, lag(0.5) OVER (ORDER BY d.x ASC NULLS FIRST) "
+        "FROM (SELECT id AS x FROM b GROUP BY 1) AS d LIMIT 10"
+    )
+    ref = SessionContext(SessionConfig().with_target_partitions(1))
+    ref.register_parquet("a", str(a))
+    ref.register_parquet("b", str(b))
+    with Mesh.local(workers=3, partitions=1, min_task_bytes=1, local_below_bytes=0) as mesh:
+        mesh.register_parquet("a", a)
+        mesh.register_parquet("b", b)
+        got = mesh.sql(sql)
+        run = mesh.last_run
+    assert compare_tables(got, ref.sql(sql).to_arrow_table(), ordered=False) is None
+    assert run is not None and run.kept, "expected a re-plan with the exchange above the union kept"
 
 
 def test_merge_nullability_keeps_types_and_widens_nulls() -> None:

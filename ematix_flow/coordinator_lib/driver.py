@@ -56,14 +56,18 @@ def _exchanges_to_keep(planned: PlannedQuery, exc: TaskFailedError, keep: dict[i
     exchange, and some operators assert on them when they start (a window over a sort that relied
     on a constant column). Such failures are deterministic and raised before any work; the engine
     boundary that caught one gave it ``reason`` CUT. The stage's input exchanges are then kept
-    inside it, and the query re-planned.
+    inside it, and the query re-planned. A stage with none to keep failed where it was cut from its
+    consumer (a task's share of a union drops the union's other inputs, and with them what an
+    aggregate above decides its strategy by): the exchange its consumer reads it through is kept.
     """
     if exc.stage < 0 or exc.reason != TaskFailedError.CUT:
         return {}
     detail = str(exc).split("DataFusion error: ", 1)[-1]
     reason = f"stage {exc.stage} failed when cut there: {detail[:160]}"
-    stage = planned.graph[exc.stage]
-    return {i.exchange: reason for i in stage.inputs if i.exchange >= 0 and i.exchange not in keep}
+    exchanges = {i.exchange for i in planned.graph[exc.stage].inputs if i.exchange >= 0}
+    if not exchanges:
+        exchanges = {i.exchange for s in planned.graph.stages for i in s.inputs if i.stage == exc.stage}
+    return {e: reason for e in exchanges if e >= 0 and e not in keep}
 
 
 class _Progress:
