@@ -65,6 +65,10 @@ class PlanningError(FlowError):
     """The physical plan could not be cut into stages (an engine limitation, not the user's SQL)."""
 
 
+class UnknownFieldError(PlanningError):
+    """A plan holds a protobuf field the plan walker does not know: it must not be cut or sliced."""
+
+
 class UnsplittableError(PlanningError):
     """A stage cannot be split by partition: it must run as one task."""
 

@@ -19,7 +19,7 @@ from support import HOSTS, local_mesh
 from ematix_flow import Mesh
 from ematix_flow.engine.settings import planning_context
 from ematix_flow.transport.certs import init_certs
-from ematix_flow.workloads import tpch
+from ematix_flow.workloads import tpcds, tpch
 
 pytest_plugins = ["pgserver"]  # postgres_dsn / postgres_db: one private PostgreSQL for the session
 
@@ -29,6 +29,14 @@ def tpch_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """TPC-H SF 0.1, one Parquet file per table, generated once per session."""
     base = tmp_path_factory.mktemp("tpch")
     yield tpch.generate(0.1, base / "sf0.1")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tpcds_small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """TPC-DS SF 0.01 (Parquet, one file per table), generated once per session: for plans, not timing."""
+    base = tmp_path_factory.mktemp("tpcds-small")
+    yield tpcds.generate(0.01, base / "sf0.01")
     shutil.rmtree(base, ignore_errors=True)
 
 
@@ -91,7 +99,7 @@ def tpch_mesh(tpch_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 # ----------------------------------------------------------------------------------- test tiers
 #: Fixtures that generate benchmark data (with tpchgen / DuckDB): their tests are in the `data` tier.
-DATA_FIXTURES = frozenset({"tpch_data", "tiny", "tiny_tpch", "tpcds_data"})
+DATA_FIXTURES = frozenset({"tpch_data", "tiny", "tiny_tpch", "tpcds_data", "tpcds_small"})
 #: Session fixtures that start a server: their tests are `integration` wherever they are.
 PROCESS_FIXTURES = frozenset({"postgres_dsn", "postgres_db"})
 

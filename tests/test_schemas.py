@@ -8,7 +8,7 @@ from datafusion import SessionContext
 from datafusion.plan import ExecutionPlan
 
 from ematix_flow.coordinator_lib.planning import plan_query
-from ematix_flow.coordinator_lib.schemas import explain_schemas, parse_schema
+from ematix_flow.coordinator_lib.schemas import explain_schemas, parse_schema, schemas_at
 from ematix_flow.engine.run import stream_partitions
 from ematix_flow.engine.settings import planning_context
 from ematix_flow.errors import PlanningError
@@ -173,3 +173,14 @@ def test_explain_schemas_leaves_show_schema_off(planning_ctx: SessionContext) ->
     rows = planning_ctx.sql("EXPLAIN SELECT 1").to_arrow_table().to_pylist()
     plan = next(r["plan"] for r in rows if r["plan_type"] == "physical_plan")
     assert "schema=[" not in plan
+
+
+def test_schemas_are_taken_only_from_the_plan_that_ran(planning_ctx: SessionContext) -> None:
+    sql = tpch.query(3)
+    planned = plan_query(planning_ctx, sql)
+    sites = [stage.site for stage in planned.graph.stages]
+    got = schemas_at(planning_ctx, sql, planned.lines, sites)
+    assert got == {site: explain_schemas(planning_ctx, sql)[site] for site in sites}
+    other = (*planned.lines[:-1], planned.lines[-1] + " (another plan)")  # the last node: a leaf
+    with pytest.raises(PlanningError, match="EXPLAIN planned the query unlike the plan that ran"):
+        schemas_at(planning_ctx, sql, other, [0])  # the root's subtree holds that leaf

@@ -226,7 +226,7 @@ def test_a_scalar_subquery_with_more_than_one_row_fails_as_in_datafusion(
     assert "\n" not in str(caught.value), "one line"
 
 
-def test_only_subqueries_of_unproven_row_count_leave_the_join_form(data: dict[str, Path]) -> None:
+def test_only_subqueries_of_unproven_row_count_are_checked_before_the_run(data: dict[str, Path]) -> None:
     ctx = planning_context(4)
     for name, path in data.items():
         ctx.register_parquet(name, str(path))
@@ -238,9 +238,11 @@ def test_only_subqueries_of_unproven_row_count_leave_the_join_form(data: dict[st
         "SELECT id FROM t1 WHERE x > (SELECT max(v) FROM t2 WHERE t2.k = t1.g)",  # correlated: per key
     ]
     for sql in one_row:
-        assert plan_query(ctx, sql).planned_in is None, sql
+        assert plan_query(ctx, sql).row_check is None, sql
     for name, sql in ROW_COUNTS.items():  # none is provably one row (no row at all: known at run time)
-        assert plan_query(ctx, sql).planned_in is not None, name
+        planned = plan_query(ctx, sql)
+        assert planned.planned_in is None and planned.graph.stages, name  # the join form, distributed
+        assert planned.row_check is not None and len(planned.row_check.plans) == 1, name
 
 
 def test_concurrent_queries_plan_in_their_own_contexts(

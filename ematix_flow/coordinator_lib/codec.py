@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from datafusion import SessionContext
 from datafusion.plan import ExecutionPlan
 
-from ematix_flow.errors import first_line
+from ematix_flow import protobuf
+from ematix_flow.errors import ProtocolError, first_line
 from ematix_flow.planner.nodes import NodeInfo, PlanNode, attach_infos, parse_tree
 
 
@@ -93,6 +94,7 @@ def roundtrip_difference(ctx: SessionContext, plan_bytes: bytes, infos: list[Nod
         again = decoded.to_bytes()
     except Exception as exc:
         return f"DataFusion 55 cannot decode the plan it encoded ({first_line(exc, 200)})"
+    plan_bytes, again = _without_python_functions(plan_bytes), _without_python_functions(again)
     want = [_normal(i) for i in infos]
     got = [_normal(i) for i in node_infos(decoded)]
     if again == plan_bytes and got == want:
@@ -101,25 +103,46 @@ def roundtrip_difference(ctx: SessionContext, plan_bytes: bytes, infos: list[Nod
     return _difference(original, attach_infos(parse_tree(again), got), parent="")
 
 
+def slice_difference(ctx: SessionContext, plan_bytes: bytes) -> str | None:
+    """What DataFusion changes in plan bytes made by slicing and splicing (no display to compare).
+
+    The decoded plan, encoded again, must hold the same nodes with the same fields, but for the
+    projections the decoder puts over union inputs (:func:`_is_union_coercion`).
+    """
+    try:
+        decoded = ExecutionPlan.from_bytes(ctx, plan_bytes)
+        again = decoded.to_bytes()
+    except Exception as exc:
+        return f"DataFusion 55 cannot decode the plan ({first_line(exc, 200)})"
+    plan_bytes, again = _without_python_functions(plan_bytes), _without_python_functions(again)
+    if again == plan_bytes:
+        return None
+    return _difference(
+        parse_tree(plan_bytes), attach_infos(parse_tree(again), node_infos(decoded)), "", False
+    )
+
+
 # ----------------------------------------------------------------------------------- comparison
-def _difference(a: PlanNode, b: PlanNode, parent: str) -> str | None:
-    """The first node (pre-order) where the decoded tree ``b`` differs from the original ``a``."""
-    if parent == "union" and _is_union_coercion(b) and not _same(a, b):
+def _difference(a: PlanNode, b: PlanNode, parent: str, shown: bool = True) -> str | None:
+    """The first node (pre-order) where the decoded tree ``b`` differs from the original ``a``.
+
+    ``shown``: ``a`` carries its display line and partitions too (they are compared then).
+    """
+    if parent == "union" and _is_union_coercion(b) and not _same(a, b, shown):
         b = b.children[0]  # a projection the decoder put over a union input: skip it
-    if not _same(a, b):
+    if not _same(a, b, shown):
         return _describe(a, b)
     for ca, cb in zip(a.children, b.children, strict=True):
-        found = _difference(ca, cb, a.kind)
+        found = _difference(ca, cb, a.kind, shown)
         if found is not None:
             return found
     return None
 
 
-def _same(a: PlanNode, b: PlanNode) -> bool:
+def _same(a: PlanNode, b: PlanNode, shown: bool = True) -> bool:
     return (
         a.kind == b.kind
-        and a.line == b.line
-        and a.partitions == b.partitions
+        and (not shown or (a.line == b.line and a.partitions == b.partitions))
         and len(a.children) == len(b.children)
         and _own_fields(a) == _own_fields(b)
     )
@@ -171,6 +194,36 @@ def _node_name(line: str) -> str:
 
 
 # ----------------------------------------------------------------------------------- normalising
+#: How datafusion-python marks a Python function (UDF, UDAF, UDWF) it pickles into a plan.
+_PYTHON_FUNCTION = b"DFPYUD"
+
+
+def _without_python_functions(buf: bytes) -> bytes:
+    """``buf`` with every pickled Python function cut down to its marker (``DFPYUDF`` etc.).
+
+    A function pickled again after a round trip differs in the pickle's memo (strings that were one
+    object become two), not in what it computes, so the bytes of a plan with a UDF never match as
+    they are. Only messages that re-encode byte-exactly are entered, so a string is never rewritten.
+    """
+    if _PYTHON_FUNCTION not in buf:
+        return buf
+    try:
+        fields = protobuf.parse(buf)
+    except ProtocolError:
+        return buf
+    if protobuf.encode(fields) != buf:
+        return buf
+    out = []
+    for f in fields:
+        if f.wire_type == protobuf.LEN and isinstance(f.value, bytes):
+            marked = f.value.startswith(_PYTHON_FUNCTION)
+            f = protobuf.Field(
+                f.number, f.wire_type, f.value[:7] if marked else _without_python_functions(f.value)
+            )
+        out.append(f)
+    return protobuf.encode(out)
+
+
 def _normal(info: NodeInfo) -> NodeInfo:
     line = _normal_line(info.line)
     return info if line == info.line else NodeInfo(info.partitions, line, info.n_children)

@@ -24,7 +24,7 @@ from ematix_flow.coordinator_lib.membership import RECHECK_TIMEOUT, Membership
 from ematix_flow.coordinator_lib.planning import PlannedQuery, plan_query
 from ematix_flow.coordinator_lib.progress import ROOT_PROGRESS_SECONDS, ProgressHook, QueryProgress
 from ematix_flow.coordinator_lib.report import RunReport, StageReport
-from ematix_flow.coordinator_lib.schemas import explain_schemas
+from ematix_flow.coordinator_lib.schemas import schemas_at
 from ematix_flow.coordinator_lib.state import Assignment, QueryState
 from ematix_flow.engine.exchange import schema_bytes, unique_names
 from ematix_flow.engine.run import decode, stream_partitions
@@ -414,7 +414,8 @@ class QueryDriver:
         missing = [planned.graph[i.stage] for i in inputs if state.runs[i.stage].schema is None]
         if not missing:
             return
-        schemas = explain_schemas(planned.planned_in or self.sub.ctx, planned.sql)  # the plan's own context
+        ctx = planned.planned_in or self.sub.ctx  # the plan's own context
+        schemas = schemas_at(ctx, planned.sql, planned.lines, [stage.site for stage in missing])
         for stage in missing:
             schema = schemas[stage.site]
             names = list(schema.names)

@@ -26,6 +26,7 @@ from ematix_flow.coordinator_lib.membership import Membership
 from ematix_flow.coordinator_lib.planning import PlannedQuery, dataframe, plan_query
 from ematix_flow.coordinator_lib.progress import ProgressHook
 from ematix_flow.coordinator_lib.report import RunReport, render_graph
+from ematix_flow.coordinator_lib.subqueries import check_rows
 from ematix_flow.engine import layout
 from ematix_flow.engine.settings import execution_context, planning_context
 from ematix_flow.engine.tasks import TaskRunner
@@ -308,6 +309,7 @@ class Mesh:
         timeout = timeout if timeout is not None else self.query_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         planned = plan_query(self._ctx, sql)
+        check_rows(planned.row_check)  # as DataFusion, a subquery's second row fails before the query runs
         schema_out.append(planned.logical_schema)
         options = RunOptions(self.min_task_bytes, self.local_reads, self.max_attempts, self.task_timeout)
         driver = QueryDriver(

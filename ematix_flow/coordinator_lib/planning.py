@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
@@ -11,8 +12,10 @@ from datafusion.plan import ExecutionPlan
 
 from ematix_flow.coordinator_lib import subqueries
 from ematix_flow.coordinator_lib.codec import codec_problem, node_infos
-from ematix_flow.errors import QueryError
+from ematix_flow.errors import QueryError, UnknownFieldError
 from ematix_flow.planner.stages import StageGraph, build_graph
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,6 +29,8 @@ class PlannedQuery:
     local_plan: ExecutionPlan | None = None  # set when the plan can only run where it was planned
     local_reason: str = ""
     planned_in: SessionContext | None = None  # set when not planned in the Mesh's context (subqueries.py)
+    row_check: subqueries.RowCheck | None = None  # subqueries to check for a second row before running
+    lines: tuple[str, ...] = ()  # every node's display line, pre-order (to match EXPLAIN's plan to it)
 
     @property
     def scan_bytes(self) -> int:
@@ -70,13 +75,14 @@ def plan_query(ctx: SessionContext, sql: str, keep: dict[int, str] | None = None
     """Plan ``sql`` in ``ctx`` and cut it into stages (``keep``: exchanges not to cut, with why)."""
     df = dataframe(ctx, sql)
     planned_in: SessionContext | None = None
+    row_check: subqueries.RowCheck | None = None
     try:
         plan = df.execution_plan()
         if subqueries.unchecked_scalar_subquery(df):
-            # the physical form checks that the subquery returns one row (as single-process DataFusion)
+            # the join form does not fail on a second subquery row: the submitter checks first
             checked = subqueries.plan_with_subqueries(ctx, sql)
             if checked is not None:
-                planned_in, df, plan = checked.ctx, checked.df, checked.plan
+                row_check = subqueries.row_check(checked)
     except Exception as exc:
         fallback = subqueries.plan_with_subqueries(ctx, sql)
         if fallback is None:
@@ -88,21 +94,31 @@ def plan_query(ctx: SessionContext, sql: str, keep: dict[int, str] | None = None
         # e.g. RecursiveQueryExec: DataFusion has no encoding for it, so it cannot be shipped
         node = re.search(r"Plan: (\w+)", str(exc))
         reason = f"DataFusion cannot serialize its {node.group(1) if node else 'plan'}"
-        return PlannedQuery(sql, StageGraph([]), df.schema(), b"", local_plan=plan, local_reason=reason)
-    infos = node_infos(plan)
-    problem = codec_problem(planned_in or ctx, plan_bytes, infos)
-    if problem is not None:
-        # the bytes would make peers run another plan (codec.py): run this one here instead
         return PlannedQuery(
-            sql,
-            StageGraph([]),
-            df.schema(),
-            plan_bytes,
-            local_plan=plan,
-            local_reason=problem,
-            planned_in=planned_in,
+            sql, StageGraph([]), df.schema(), b"", local_plan=plan, local_reason=reason, row_check=row_check
         )
-    if planned_in is not None:
-        keep = {**subqueries.exchanges_to_keep(planned_in, plan_bytes, infos), **(keep or {})}
-    graph = build_graph(plan_bytes, infos, keep)
-    return PlannedQuery(sql, graph, df.schema(), plan_bytes, planned_in=planned_in)
+    infos = node_infos(plan)
+    try:
+        problem = codec_problem(planned_in or ctx, plan_bytes, infos)
+        if problem is None:
+            if planned_in is not None:
+                keep = {**subqueries.exchanges_to_keep(planned_in, plan_bytes, infos), **(keep or {})}
+            graph = build_graph(plan_bytes, infos, keep)
+            lines = tuple(i.line for i in infos)
+            return PlannedQuery(
+                sql, graph, df.schema(), plan_bytes, planned_in=planned_in, row_check=row_check, lines=lines
+            )
+    except UnknownFieldError as exc:
+        log.warning("a plan the walker cannot cut runs in-process: %s", exc)
+        problem = f"ematix-flow's plan walker cannot cut it safely: {exc}"
+    # the bytes would make peers run another plan (codec.py, fields.py): run this one here instead
+    return PlannedQuery(
+        sql,
+        StageGraph([]),
+        df.schema(),
+        plan_bytes,
+        local_plan=plan,
+        local_reason=problem,
+        planned_in=planned_in,
+        row_check=row_check,
+    )

@@ -10,6 +10,7 @@ recursive descent below). A type it does not know is an error, never a guess.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 
 import pyarrow as pa
 from datafusion import SessionContext
@@ -249,8 +250,44 @@ def parse_schema(text: str) -> pa.Schema:
     return pa.schema(fields)
 
 
+#: EXPLAIN tries before giving up on a plan that keeps coming out unlike the one that ran.
+EXPLAIN_TRIES = 30
+
+
 def explain_schemas(ctx: SessionContext, sql: str) -> list[pa.Schema]:
-    """Every physical node's output schema, in pre-order."""
+    """Every physical node's output schema, in pre-order, of the plan EXPLAIN makes."""
+    return [schema for _, _, schema in _explain(ctx, sql)]
+
+
+def schemas_at(
+    ctx: SessionContext, sql: str, lines: Sequence[str], sites: Iterable[int]
+) -> dict[int, pa.Schema]:
+    """The output schema of each node in ``sites`` (pre-order indices) of the plan that runs.
+
+    ``lines``: the display line of every node of that plan. EXPLAIN plans the query again, and
+    DataFusion does not always plan it alike (the order of the columns a projection adds for join
+    keys comes from a hash set), so a site's schema is taken from an EXPLAIN whose plan shows the
+    same lines at the site and below it; EXPLAIN is asked again until each site has one.
+    """
+    wanted, found = set(sites), dict[int, pa.Schema]()
+    for _ in range(EXPLAIN_TRIES):
+        nodes = _explain(ctx, sql)
+        for site in wanted - found.keys():
+            end = site + 1
+            while end < len(nodes) and nodes[end][0] > nodes[site][0]:
+                end += 1
+            if [line for _, line, _ in nodes[site:end]] == list(lines[site:end]):
+                found[site] = nodes[site][2]
+        if len(found) == len(wanted):
+            return found
+    raise PlanningError(
+        f"EXPLAIN planned the query unlike the plan that ran, {EXPLAIN_TRIES} times: the schema of a "
+        "stage that produced no rows is unknown (run the query again)"
+    )
+
+
+def _explain(ctx: SessionContext, sql: str) -> list[tuple[int, str, pa.Schema]]:
+    """(depth, display line, output schema) of every node of EXPLAIN's physical plan, pre-order."""
     ctx.sql("SET datafusion.explain.show_schema = true").collect()
     try:
         rows = ctx.sql("EXPLAIN " + sql).to_arrow_table().to_pylist()
@@ -260,5 +297,7 @@ def explain_schemas(ctx: SessionContext, sql: str) -> list[pa.Schema]:
     out = []
     for line in text.splitlines():
         m = re.search(r", schema=\[(.*)\]\s*$", line)
-        out.append(parse_schema(m.group(1)) if m and m.group(1) else pa.schema([]))
+        shown = line[: m.start()] if m else line
+        schema = parse_schema(m.group(1)) if m and m.group(1) else pa.schema([])
+        out.append((len(shown) - len(shown.lstrip(" ")), shown.strip(), schema))
     return out

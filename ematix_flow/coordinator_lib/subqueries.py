@@ -14,6 +14,13 @@ one stage. Which exchanges those are is asked of DataFusion itself: the subtree 
 ship to a peer is decoded here, and an exchange whose subtree cannot be decoded alone is not cut.
 Every other exchange is cut as usual, so the stages that hold no such expression are distributed
 (the subqueries' own inputs included; each task running a ``ScalarSubqueryExec`` reads them whole).
+
+The join form has one more difference: it yields a row per subquery row, where the physical form
+(and SQL) fails on a second row. A query with a subquery whose row count its plan does not prove
+(:func:`unchecked_scalar_subquery`) keeps its join form, and :func:`check_rows` runs those subqueries
+(planned physically, :func:`row_check`) on the submitter before the query starts, stopping at a
+second row: the same error as DataFusion, while the join form keeps the mesh's answers right where
+DataFusion's physical form is wrong (a HAVING subquery pushed below a grouping set's aggregate).
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from dataclasses import dataclass
 from datafusion import DataFrame, SessionContext, SQLOptions
 from datafusion.plan import ExecutionPlan
 
-from ematix_flow.errors import first_line
+from ematix_flow.engine.run import stream_partitions
+from ematix_flow.errors import QueryError, first_line
 from ematix_flow.planner.nodes import GATHERS, NodeInfo, PlanNode, attach_infos, parse_tree
 from ematix_flow.planner.stages import is_hash_repartition
 
@@ -118,6 +126,71 @@ def _at_most_one_row(lines: list[str], i: int) -> bool:
         return True
     child = _input_of(lines, i) if name in _PASS_ROWS else None
     return child is not None and _at_most_one_row(lines, child)
+
+
+@dataclass
+class RowCheck:
+    """Uncorrelated scalar subqueries to run before the query: each must yield at most one row."""
+
+    ctx: SessionContext
+    plans: list[ExecutionPlan]
+
+
+#: DataFusion's error (and ours) for a scalar subquery with a second row, and the fix.
+MORE_THAN_ONE_ROW = (
+    "Scalar subquery returned more than one row: a subquery used as a value must return at most one "
+    "(add an aggregate, a filter or LIMIT 1)"
+)
+#: Physical nodes that never yield more rows than their input, and roots that yield one row.
+_PASS_NODES = ("ProjectionExec", "FilterExec", "CoalescePartitionsExec", "CoalesceBatchesExec", "SortExec")
+_ONE_ROW_ROOT = re.compile(
+    r"AggregateExec: mode=(Final|Single|SinglePartitioned), gby=\[\]|PlaceholderRowExec"
+)
+_LIMIT_ONE = re.compile(r"(GlobalLimitExec|SortPreservingMergeExec|SortExec).*\bfetch=[01]\b")
+
+
+def _one_row_plan(plan: ExecutionPlan) -> bool:
+    """Whether a physical subquery plan provably yields at most one row (no need to run it)."""
+    line = plan.display().strip().splitlines()[0] if plan.display().strip() else ""
+    if _ONE_ROW_ROOT.match(line) or _LIMIT_ONE.match(line):
+        return True
+    children = plan.children()
+    return line.startswith(_PASS_NODES) and len(children) == 1 and _one_row_plan(children[0])
+
+
+def row_check(sub: SubqueryPlan) -> RowCheck:
+    """The subquery plans of ``sub``'s ``ScalarSubqueryExec`` nodes not provably one row.
+
+    A subquery nested in another one is checked by running the outer one (its own exec checks it).
+    """
+    plans: list[ExecutionPlan] = []
+
+    def walk(node: ExecutionPlan) -> None:
+        children = node.children()
+        if node.display().startswith("ScalarSubqueryExec"):
+            plans.extend(p for p in children[1:] if not _one_row_plan(p))
+            children = children[:1]
+        for child in children:
+            walk(child)
+
+    walk(sub.plan)
+    return RowCheck(sub.ctx, plans)
+
+
+def check_rows(check: RowCheck | None) -> None:
+    """Fail as DataFusion does if a subquery of ``check`` yields a second row (runs here, stops there)."""
+    if check is None:
+        return
+    for plan in check.plans:
+        rows = 0
+        batches = stream_partitions(check.ctx, plan)
+        try:
+            for batch in batches:
+                rows += batch.num_rows
+                if rows > 1:
+                    raise QueryError(MORE_THAN_ONE_ROW)
+        finally:
+            batches.close()
 
 
 def unchecked_scalar_subquery(df: DataFrame) -> bool:

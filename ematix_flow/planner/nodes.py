@@ -2,7 +2,8 @@
 
 Field numbers come from DataFusion 55's ``datafusion.proto`` (``PhysicalPlanNode.physical_plan_type``),
 checked by the test that walks every TPC-H plan and compares the walk with ``ExecutionPlan.children()``.
-An unknown node kind fails loudly: treating it as a leaf could silently drop a subtree.
+An unknown node kind, or a field of a node that the walker does not know (``fields.py``), fails
+loudly: treating it as opaque could silently drop a subtree.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from ematix_flow import protobuf
 from ematix_flow.errors import PlanningError
+from ematix_flow.planner.fields import check_fields
 
 #: PhysicalPlanNode oneof field number -> our name for the node kind.
 NODE_KINDS: dict[int, str] = {
@@ -165,6 +167,7 @@ def parse_tree(node_bytes: bytes, depth: int = 0) -> PlanNode:
         raise PlanningError(f"plan nested deeper than {MAX_PLAN_DEPTH} nodes: refused")
     number, kind, body = node_kind(node_bytes)
     fields = protobuf.parse(body)
+    check_fields(kind, fields, file_scan=kind in FILE_SCANS)
     slots: list[int] = []
     if kind not in LEAVES:
         wanted = CHILD_FIELDS.get(kind, (1,))

@@ -85,16 +85,18 @@ def keep_groups(node: PlanNode, keep: list[int]) -> PlanNode:
 
 
 def encode_file_groups(groups: list[list[tuple[str, int]]]) -> list[protobuf.Field]:
-    """FileGroup fields for ``groups`` of (absolute path, size) files."""
+    """FileGroup fields for ``groups`` of (absolute path, size) files, as DataFusion encodes them.
+
+    (A size of 0 is the field's default: left out, as protobuf encoders do.)
+    """
     out = []
     for files in groups:
-        pfs = [
-            protobuf.message(
-                _FILES,
-                protobuf.encode([protobuf.message(_PATH, p.lstrip("/").encode()), protobuf.varint(_SIZE, s)]),
+        pfs = []
+        for p, s in files:
+            file = [protobuf.message(_PATH, p.lstrip("/").encode())] + (
+                [protobuf.varint(_SIZE, s)] if s else []
             )
-            for p, s in files
-        ]
+            pfs.append(protobuf.message(_FILES, protobuf.encode(file)))
         out.append(protobuf.message(_FILE_GROUPS, protobuf.encode(pfs)))
     return out
 

@@ -65,7 +65,8 @@ def slice_stage(stage: Stage, parts: Parts) -> TaskSlice:
                 if sub:
                     kept.append(visit(child, sub))
                     slots.append(slot)
-            return node.with_children(kept, slots)
+            # one branch left: the branch itself, as DataFusion decodes a one-input union
+            return kept[0] if len(kept) == 1 else node.with_children(kept, slots)
         broadcast = node.kind == "hash_join" and "mode=CollectLeft" in node.line
         if broadcast or node.kind in ("cross_join", "nested_loop_join"):
             return node.with_children([visit(kids[0], None), visit(kids[1], s)])

@@ -16,7 +16,8 @@ def rename_projection(child: bytes, unique: list[str], original: list[str]) -> b
     """ProjectionExec over ``child`` renaming ``unique`` columns back to ``original``."""
     exprs = []
     for i, name in enumerate(unique):
-        column = protobuf.encode([protobuf.message(1, name.encode()), protobuf.varint(2, i)])
+        index = [protobuf.varint(2, i)] if i else []  # 0 is the default: left out, as DataFusion does
+        column = protobuf.encode([protobuf.message(1, name.encode()), *index])
         exprs.append(protobuf.message(2, protobuf.encode([protobuf.message(1, column)])))
     names = [protobuf.message(3, n.encode()) for n in original]
     body = protobuf.encode([protobuf.message(1, child), *exprs, *names])

@@ -30,6 +30,8 @@ __all__ = ["SUSPECTS", "Engines", "Outcome", "agrees_when", "compare", "one_line
 #: DataFusion settings whose change may make DataFusion give the mesh's answer (see ``agrees_when``).
 SUSPECTS: dict[str, str] = {
     "datafusion.optimizer.enable_aggregate_dynamic_filter_pushdown": "false",
+    "datafusion.optimizer.enable_join_dynamic_filter_pushdown": "false",
+    "datafusion.optimizer.enable_topk_dynamic_filter_pushdown": "false",
     "datafusion.optimizer.enable_dynamic_filter_pushdown": "false",
     "datafusion.optimizer.enable_physical_uncorrelated_scalar_subquery": "false",
     "datafusion.optimizer.prefer_existing_union": "true",

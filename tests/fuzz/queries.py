@@ -34,6 +34,7 @@ AVOIDABLE: dict[str, str] = {
     "grouping-set-order": "no ORDER BY on a query with ROLLUP, CUBE or GROUPING SETS",
     "having-scalar-subquery": "no uncorrelated scalar subquery in HAVING",
     "aggregate-dynamic-filter": "no FILTER (WHERE ..) on min / max aggregates",
+    "nested-topk-order": "no LIMIT after an ORDER BY that sorts on a list or struct column",
 }
 #: Families one generator rule avoids together.
 _SAME_RULE = {"window-partition-order", "window-ordered-partition-assert"}
@@ -267,6 +268,10 @@ class QueryGen(ExprGen):
         dirs = [self.rng.choice(["", "DESC", "ASC NULLS FIRST", "DESC NULLS LAST"]) for _ in range(3)]
         parts: list[str | Node | Seq | Ordinals] = [" ORDER BY ", Ordinals(items, dirs)]
         tags = {"order-total"}
+        if any(self.item_kind(i) in ("list", "struct") for i in items.items):
+            tags.add("order-nested")
+            if "nested-topk-order" in self.avoid:
+                return Node("clause", parts, frozenset(tags), optional=True)
         if derived or self.chance(0.6):
             parts.append(f" LIMIT {self.rng.choice([0, 1, 2, 5, 17])}")
             tags.add("limit")
