@@ -151,7 +151,8 @@ _LIMIT_ONE = re.compile(r"(GlobalLimitExec|SortPreservingMergeExec|SortExec).*\b
 
 def _one_row_plan(plan: ExecutionPlan) -> bool:
     """Whether a physical subquery plan provably yields at most one row (no need to run it)."""
-    line = plan.display().strip().splitlines()[0] if plan.display().strip() else ""
+    text = plan.display().strip()
+    line = text.splitlines()[0] if text else ""
     if _ONE_ROW_ROOT.match(line) or _LIMIT_ONE.match(line):
         return True
     children = plan.children()

@@ -35,6 +35,7 @@ AVOIDABLE: dict[str, str] = {
     "having-scalar-subquery": "no uncorrelated scalar subquery in HAVING",
     "aggregate-dynamic-filter": "no FILTER (WHERE ..) on min / max aggregates",
     "nested-topk-order": "no LIMIT after an ORDER BY that sorts on a list or struct column",
+    "join-dynamic-filter": "no equi-join key of a floating-point type",
 }
 #: Families one generator rule avoids together.
 _SAME_RULE = {"window-partition-order", "window-ordered-partition-assert"}
@@ -397,7 +398,13 @@ class QueryGen(ExprGen):
             ],
             [0.3, 0.2, 0.1, 0.1, 0.07, 0.07, 0.04, 0.04, 0.08],
         )[0]
-        pairs = [(a, b) for a in left.cols for b in right.cols if a.kind == b.kind and a.kind in COMPARABLE]
+        floats = "join-dynamic-filter" in self.avoid
+        pairs = [
+            (a, b)
+            for a in left.cols
+            for b in right.cols
+            if a.kind == b.kind and a.kind in COMPARABLE and not (floats and a.kind == "float")
+        ]
         equi = [p for p in pairs if max(1, left.rows) * max(1, p[1].multiplicity) <= MAX_ROWS]
         both = Scope(left.cols + right.cols, left.ids + right.ids, 0)
         on: list[str | Node] = []
