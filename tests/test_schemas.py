@@ -8,7 +8,7 @@ from datafusion import SessionContext
 from datafusion.plan import ExecutionPlan
 
 from ematix_flow.coordinator_lib.planning import plan_query
-from ematix_flow.coordinator_lib.schemas import explain_schemas, parse_schema, schemas_at
+from ematix_flow.coordinator_lib.schemas import _Node, _reconciled, explain_schemas, parse_schema, schemas_at
 from ematix_flow.engine.run import stream_partitions
 from ematix_flow.engine.settings import planning_context
 from ematix_flow.errors import PlanningError
@@ -184,3 +184,61 @@ def test_schemas_are_taken_only_from_the_plan_that_ran(planning_ctx: SessionCont
     other = (*planned.lines[:-1], planned.lines[-1] + " (another plan)")  # the last node: a leaf
     with pytest.raises(PlanningError, match="EXPLAIN planned the query unlike the plan that ran"):
         schemas_at(planning_ctx, sql, other, [0])  # the root's subtree holds that leaf
+
+
+def test_a_projection_explained_in_another_order_is_reordered_to_the_plan() -> None:
+    """EXPLAIN may list the casts a projection adds for join keys in another order than the plan."""
+    cast_a = "CAST(a@0 AS Decimal128(20, 0)) as CAST(a AS Decimal128(20, 0))"
+    cast_b = "CAST(b@1 AS Int64) as CAST(b AS Int64)"
+    scan = "DataSourceExec: file_groups={1 group: [[t.parquet]]}, projection=[a, b], file_type=parquet"
+    fields = {
+        "a": pa.field("a", pa.int32()),
+        "ca": pa.field("CAST(a AS Decimal128(20, 0))", pa.decimal128(20, 0)),
+        "cb": pa.field("CAST(b AS Int64)", pa.int64()),
+    }
+    explained = [
+        _Node(0, "CoalescePartitionsExec", pa.schema([fields["a"], fields["ca"], fields["cb"]])),
+        _Node(
+            2,
+            f"ProjectionExec: expr=[a@0 as a, {cast_a}, {cast_b}]",
+            pa.schema([fields["a"], fields["ca"], fields["cb"]]),
+        ),
+        _Node(4, scan, pa.schema([pa.field("a", pa.int32()), pa.field("b", pa.int32())])),
+    ]
+    ran = ["CoalescePartitionsExec", f"ProjectionExec: expr=[a@0 as a, {cast_b}, {cast_a}]", scan]
+    want = pa.schema([fields["a"], fields["cb"], fields["ca"]])
+    assert _reconciled(explained, ran, 1) == want
+    assert _reconciled(explained, ran, 0) == want  # passed through
+    assert _reconciled(explained, [n.line for n in explained], 0) == explained[0].schema
+    other_scan = [*ran[:2], scan.replace("[a, b]", "[b, a]")]
+    assert _reconciled(explained, other_scan, 1) is None  # the input differs too: not a reordering
+    assert _reconciled(explained, [ran[0], f"ProjectionExec: expr=[a@0 as a, {cast_b}]", scan], 1) is None
+
+
+def test_a_hash_join_over_reordered_key_casts_keeps_its_output() -> None:
+    a, b = pa.field("a", pa.int32()), pa.field("b", pa.int64())
+    ca, cb = pa.field("CAST(a AS Int64)", pa.int64()), pa.field("CAST(b AS Int64)", pa.int64())
+    casts = ["CAST(a@0 AS Int64) as CAST(a AS Int64)", "CAST(b@1 AS Int64) as CAST(b AS Int64)"]
+    scan = "DataSourceExec: file_groups={1 group: [[t.parquet]]}, projection=[a, b], file_type=parquet"
+    join = (
+        "HashJoinExec: mode=CollectLeft, join_type=LeftSemi, on=[(CAST(a AS Int64)@{}, c@0)], "
+        "projection=[a@0, b@1]"
+    )
+    explained = [
+        _Node(0, join.format(2), pa.schema([a, b])),
+        _Node(
+            2, f"ProjectionExec: expr=[a@0 as a, b@1 as b, {casts[0]}, {casts[1]}]", pa.schema([a, b, ca, cb])
+        ),
+        _Node(4, scan, pa.schema([a, b])),
+        _Node(2, scan.replace("[a, b]", "[c]"), pa.schema([pa.field("c", pa.int64())])),
+    ]
+    ran = [
+        join.format(3),
+        f"ProjectionExec: expr=[a@0 as a, b@1 as b, {casts[1]}, {casts[0]}]",
+        scan,
+        explained[3].line,
+    ]
+    assert _reconciled(explained, ran, 1) == pa.schema([a, b, cb, ca])
+    assert _reconciled(explained, ran, 0) == pa.schema([a, b])
+    unknown = [ran[0].replace("LeftSemi", "LeftMark"), *ran[1:]]
+    assert _reconciled(explained, unknown, 0) is None  # a join type whose output it does not know

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import pyarrow as pa
 from datafusion import SessionContext
@@ -256,7 +257,7 @@ EXPLAIN_TRIES = 30
 
 def explain_schemas(ctx: SessionContext, sql: str) -> list[pa.Schema]:
     """Every physical node's output schema, in pre-order, of the plan EXPLAIN makes."""
-    return [schema for _, _, schema in _explain(ctx, sql)]
+    return [node.schema for node in _explain(ctx, sql)]
 
 
 def schemas_at(
@@ -265,19 +266,23 @@ def schemas_at(
     """The output schema of each node in ``sites`` (pre-order indices) of the plan that runs.
 
     ``lines``: the display line of every node of that plan. EXPLAIN plans the query again, and
-    DataFusion does not always plan it alike (the order of the columns a projection adds for join
-    keys comes from a hash set), so a site's schema is taken from an EXPLAIN whose plan shows the
-    same lines at the site and below it; EXPLAIN is asked again until each site has one.
+    DataFusion does not always plan it alike: the columns a projection adds for join keys come in
+    hash-set order. A site's schema is EXPLAIN's where EXPLAIN shows the same lines at the site and
+    below it; a projection that differs from the plan's only in the order of its expressions has
+    its schema reordered to match (and nodes that pass their input's schema through follow it).
+    EXPLAIN is asked again while a site has neither.
     """
     wanted, found = set(sites), dict[int, pa.Schema]()
     for _ in range(EXPLAIN_TRIES):
         nodes = _explain(ctx, sql)
-        for site in wanted - found.keys():
-            end = site + 1
-            while end < len(nodes) and nodes[end][0] > nodes[site][0]:
-                end += 1
-            if [line for _, line, _ in nodes[site:end]] == list(lines[site:end]):
-                found[site] = nodes[site][2]
+        same_shape = len(nodes) == len(lines) and all(
+            _kind(n.line) == _kind(line) for n, line in zip(nodes, lines, strict=True)
+        )
+        if same_shape:
+            for site in wanted - found.keys():
+                schema = _reconciled(nodes, lines, site)
+                if schema is not None:
+                    found[site] = schema
         if len(found) == len(wanted):
             return found
     raise PlanningError(
@@ -286,8 +291,127 @@ def schemas_at(
     )
 
 
-def _explain(ctx: SessionContext, sql: str) -> list[tuple[int, str, pa.Schema]]:
-    """(depth, display line, output schema) of every node of EXPLAIN's physical plan, pre-order."""
+@dataclass(frozen=True)
+class _Node:
+    depth: int
+    line: str
+    schema: pa.Schema
+
+
+#: Nodes whose output schema is their one input's.
+_PASS_THROUGH = frozenset(
+    {
+        "RepartitionExec",
+        "CoalescePartitionsExec",
+        "CoalesceBatchesExec",
+        "SortExec",
+        "SortPreservingMergeExec",
+        "GlobalLimitExec",
+        "LocalLimitExec",
+        "CooperativeExec",
+    }
+)
+_PROJECTION = "ProjectionExec: expr=["
+
+
+def _kind(line: str) -> str:
+    return line.split(":", 1)[0]
+
+
+def _children(nodes: list[_Node], i: int) -> list[int]:
+    """Pre-order indices of node ``i``'s children (EXPLAIN indents a level by two spaces)."""
+    end = _subtree_end(nodes, i)
+    return [j for j in range(i + 1, end) if nodes[j].depth == nodes[i].depth + 2]
+
+
+def _subtree_end(nodes: list[_Node], i: int) -> int:
+    end = i + 1
+    while end < len(nodes) and nodes[end].depth > nodes[i].depth:
+        end += 1
+    return end
+
+
+def _reconciled(nodes: list[_Node], lines: Sequence[str], i: int) -> pa.Schema | None:
+    """Node ``i``'s schema in the plan that ran (``lines``), from EXPLAIN's ``nodes``, or None."""
+    end = _subtree_end(nodes, i)
+    if [n.line for n in nodes[i:end]] == list(lines[i:end]):
+        return nodes[i].schema
+    children = _children(nodes, i)
+    kind = _kind(lines[i])
+    if kind in _PASS_THROUGH and len(children) == 1:
+        return _reconciled(nodes, lines, children[0])
+    if kind == "HashJoinExec" and len(children) == 2:
+        sides = [_reconciled(nodes, lines, c) for c in children]
+        if sides[0] is None or sides[1] is None:
+            return None
+        names = _join_output_names(lines[i], sides[0].names, sides[1].names)
+        return None if names is None else _by_names(nodes[i].schema, names)
+    if not lines[i].startswith(_PROJECTION) or len(children) != 1:
+        return None
+    below = children[0]
+    if [n.line for n in nodes[below:end]] != list(lines[below:end]):
+        return None  # the projection's input differs too
+    ran, explained = _items(lines[i]), _items(nodes[i].line)
+    if ran is None or explained is None or sorted(ran) != sorted(explained) or len(set(ran)) != len(ran):
+        return None
+    schema = nodes[i].schema
+    return pa.schema([schema.field(explained.index(item)) for item in ran])
+
+
+_JOIN_SIDES = {"Inner": "lr", "Left": "lr", "Right": "lr", "Full": "lr"}
+_JOIN_SIDES.update({"LeftSemi": "l", "LeftAnti": "l", "RightSemi": "r", "RightAnti": "r"})
+
+
+def _join_output_names(line: str, left: list[str], right: list[str]) -> list[str] | None:
+    """The column names a hash join outputs, in order (its ``projection=[name@i, ..]`` if any)."""
+    kind = re.search(r"join_type=(\w+)", line)
+    sides = _JOIN_SIDES.get(kind.group(1)) if kind else None
+    if sides is None:
+        return None
+    start = line.find(", projection=[")
+    if start < 0:
+        return (left if "l" in sides else []) + (right if "r" in sides else [])
+    opening = start + len(", projection=")
+    depth, end = 0, opening
+    while end < len(line):
+        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(line[end], 0)
+        if depth == 0:
+            break
+        end += 1
+    items = _split_list(line[opening + 1 : end])
+    return None if items is None else [item.rsplit("@", 1)[0] for item in items]
+
+
+def _by_names(schema: pa.Schema, names: list[str]) -> pa.Schema | None:
+    """``schema``'s fields in the order of ``names`` (None unless both hold the same unique names)."""
+    if len(set(schema.names)) != len(schema.names) or sorted(names) != sorted(schema.names):
+        return None
+    return pa.schema([schema.field(name) for name in names])
+
+
+def _items(line: str) -> list[str] | None:
+    """The expressions of a ``ProjectionExec`` line (``expr AS name`` each), None if not one list."""
+    if not line.startswith(_PROJECTION) or not line.endswith("]"):
+        return None
+    return _split_list(line[len(_PROJECTION) : -1])
+
+
+def _split_list(body: str) -> list[str] | None:
+    """The ``, ``-separated items of a display list, split outside brackets (None: unbalanced)."""
+    items, depth, start = [], 0, 0
+    for k, ch in enumerate(body):
+        depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            return None
+        if depth == 0 and body.startswith(", ", k):
+            items.append(body[start:k])
+            start = k + 2
+    items.append(body[start:])
+    return items if depth == 0 else None
+
+
+def _explain(ctx: SessionContext, sql: str) -> list[_Node]:
+    """Depth, display line and output schema of every node of EXPLAIN's physical plan, pre-order."""
     ctx.sql("SET datafusion.explain.show_schema = true").collect()
     try:
         rows = ctx.sql("EXPLAIN " + sql).to_arrow_table().to_pylist()
@@ -299,5 +423,5 @@ def _explain(ctx: SessionContext, sql: str) -> list[tuple[int, str, pa.Schema]]:
         m = re.search(r", schema=\[(.*)\]\s*$", line)
         shown = line[: m.start()] if m else line
         schema = parse_schema(m.group(1)) if m and m.group(1) else pa.schema([])
-        out.append((len(shown) - len(shown.lstrip(" ")), shown.strip(), schema))
+        out.append(_Node(len(shown) - len(shown.lstrip(" ")), shown.strip(), schema))
     return out
