@@ -242,3 +242,8 @@ def test_a_hash_join_over_reordered_key_casts_keeps_its_output() -> None:
     assert _reconciled(explained, ran, 0) == pa.schema([a, b])
     unknown = [ran[0].replace("LeftSemi", "LeftMark"), *ran[1:]]
     assert _reconciled(explained, unknown, 0) is None  # a join type whose output it does not know
+    # a ScalarSubqueryExec above it outputs its first input's columns
+    sub = _Node(2, "PlaceholderRowExec", pa.schema([]))
+    wrapped = [_Node(0, "ScalarSubqueryExec: subqueries=1", pa.schema([a, b]))]
+    wrapped += [_Node(n.depth + 2, n.line, n.schema) for n in explained] + [sub]
+    assert _reconciled(wrapped, [wrapped[0].line, *ran, sub.line], 0) == pa.schema([a, b])

@@ -338,8 +338,9 @@ def _reconciled(nodes: list[_Node], lines: Sequence[str], i: int) -> pa.Schema |
         return nodes[i].schema
     children = _children(nodes, i)
     kind = _kind(lines[i])
-    if kind in _PASS_THROUGH and len(children) == 1:
-        return _reconciled(nodes, lines, children[0])
+    passes = kind in _PASS_THROUGH or (kind == "FilterExec" and "projection=[" not in lines[i])
+    if (passes and len(children) == 1) or (kind == "ScalarSubqueryExec" and children):
+        return _reconciled(nodes, lines, children[0])  # a ScalarSubqueryExec outputs its first input
     if kind == "HashJoinExec" and len(children) == 2:
         sides = [_reconciled(nodes, lines, c) for c in children]
         if sides[0] is None or sides[1] is None:
