@@ -26,7 +26,7 @@ from datafusion import SessionContext
 from ematix_flow import protobuf
 from ematix_flow.coordinator_lib.codec import slice_difference
 from ematix_flow.coordinator_lib.planning import plan_query
-from ematix_flow.coordinator_lib.schemas import schemas_at
+from ematix_flow.coordinator_lib.stage_schemas import schemas_at
 from ematix_flow.engine.exchange import ScanTemplates, unique_names
 from ematix_flow.engine.settings import planning_context
 from ematix_flow.errors import PlanningError, QueryError

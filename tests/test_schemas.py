@@ -8,7 +8,8 @@ from datafusion import SessionContext
 from datafusion.plan import ExecutionPlan
 
 from ematix_flow.coordinator_lib.planning import plan_query
-from ematix_flow.coordinator_lib.schemas import _Node, _reconciled, explain_schemas, parse_schema, schemas_at
+from ematix_flow.coordinator_lib.schemas import parse_schema
+from ematix_flow.coordinator_lib.stage_schemas import Node, explain_schemas, reconciled, schemas_at
 from ematix_flow.engine.run import stream_partitions
 from ematix_flow.engine.settings import planning_context
 from ematix_flow.errors import PlanningError
@@ -197,22 +198,23 @@ def test_a_projection_explained_in_another_order_is_reordered_to_the_plan() -> N
         "cb": pa.field("CAST(b AS Int64)", pa.int64()),
     }
     explained = [
-        _Node(0, "CoalescePartitionsExec", pa.schema([fields["a"], fields["ca"], fields["cb"]])),
-        _Node(
+        Node(0, "CoalescePartitionsExec", pa.schema([fields["a"], fields["ca"], fields["cb"]])),
+        Node(
             2,
             f"ProjectionExec: expr=[a@0 as a, {cast_a}, {cast_b}]",
             pa.schema([fields["a"], fields["ca"], fields["cb"]]),
         ),
-        _Node(4, scan, pa.schema([pa.field("a", pa.int32()), pa.field("b", pa.int32())])),
+        Node(4, scan, pa.schema([pa.field("a", pa.int32()), pa.field("b", pa.int32())])),
     ]
     ran = ["CoalescePartitionsExec", f"ProjectionExec: expr=[a@0 as a, {cast_b}, {cast_a}]", scan]
     want = pa.schema([fields["a"], fields["cb"], fields["ca"]])
-    assert _reconciled(explained, ran, 1) == want
-    assert _reconciled(explained, ran, 0) == want  # passed through
-    assert _reconciled(explained, [n.line for n in explained], 0) == explained[0].schema
-    other_scan = [*ran[:2], scan.replace("[a, b]", "[b, a]")]
-    assert _reconciled(explained, other_scan, 1) is None  # the input differs too: not a reordering
-    assert _reconciled(explained, [ran[0], f"ProjectionExec: expr=[a@0 as a, {cast_b}]", scan], 1) is None
+    assert reconciled(explained, ran, 1) == want
+    assert reconciled(explained, ran, 0) == want  # passed through
+    assert reconciled(explained, [n.line for n in explained], 0) == explained[0].schema
+    window = [Node(0, "BoundedWindowAggExec: wdw=[w1]", explained[0].schema), *explained[1:]]
+    assert reconciled(window, ["BoundedWindowAggExec: wdw=[w2]", *ran[1:]], 0) is None  # not rebuilt
+    narrower = [ran[0], f"ProjectionExec: expr=[a@0 as a, {cast_b}]", scan]
+    assert reconciled(explained, narrower, 1) is None  # not the same columns: another plan
 
 
 def test_a_hash_join_over_reordered_key_casts_keeps_its_output() -> None:
@@ -225,12 +227,12 @@ def test_a_hash_join_over_reordered_key_casts_keeps_its_output() -> None:
         "projection=[a@0, b@1]"
     )
     explained = [
-        _Node(0, join.format(2), pa.schema([a, b])),
-        _Node(
+        Node(0, join.format(2), pa.schema([a, b])),
+        Node(
             2, f"ProjectionExec: expr=[a@0 as a, b@1 as b, {casts[0]}, {casts[1]}]", pa.schema([a, b, ca, cb])
         ),
-        _Node(4, scan, pa.schema([a, b])),
-        _Node(2, scan.replace("[a, b]", "[c]"), pa.schema([pa.field("c", pa.int64())])),
+        Node(4, scan, pa.schema([a, b])),
+        Node(2, scan.replace("[a, b]", "[c]"), pa.schema([pa.field("c", pa.int64())])),
     ]
     ran = [
         join.format(3),
@@ -238,12 +240,12 @@ def test_a_hash_join_over_reordered_key_casts_keeps_its_output() -> None:
         scan,
         explained[3].line,
     ]
-    assert _reconciled(explained, ran, 1) == pa.schema([a, b, cb, ca])
-    assert _reconciled(explained, ran, 0) == pa.schema([a, b])
-    unknown = [ran[0].replace("LeftSemi", "LeftMark"), *ran[1:]]
-    assert _reconciled(explained, unknown, 0) is None  # a join type whose output it does not know
+    assert reconciled(explained, ran, 1) == pa.schema([a, b, cb, ca])
+    assert reconciled(explained, ran, 0) == pa.schema([a, b])
+    unknown = [ran[0].replace("LeftSemi", "LeftMark").replace(", projection=[a@0, b@1]", ""), *ran[1:]]
+    assert reconciled(explained, unknown, 0) is None  # a join type whose output it does not know
     # a ScalarSubqueryExec above it outputs its first input's columns
-    sub = _Node(2, "PlaceholderRowExec", pa.schema([]))
-    wrapped = [_Node(0, "ScalarSubqueryExec: subqueries=1", pa.schema([a, b]))]
-    wrapped += [_Node(n.depth + 2, n.line, n.schema) for n in explained] + [sub]
-    assert _reconciled(wrapped, [wrapped[0].line, *ran, sub.line], 0) == pa.schema([a, b])
+    sub = Node(2, "PlaceholderRowExec", pa.schema([]))
+    wrapped = [Node(0, "ScalarSubqueryExec: subqueries=1", pa.schema([a, b]))]
+    wrapped += [Node(n.depth + 2, n.line, n.schema) for n in explained] + [sub]
+    assert reconciled(wrapped, [wrapped[0].line, *ran, sub.line], 0) == pa.schema([a, b])

@@ -24,7 +24,7 @@ from ematix_flow.coordinator_lib.membership import RECHECK_TIMEOUT, Membership
 from ematix_flow.coordinator_lib.planning import PlannedQuery, plan_query
 from ematix_flow.coordinator_lib.progress import ROOT_PROGRESS_SECONDS, ProgressHook, QueryProgress
 from ematix_flow.coordinator_lib.report import RunReport, StageReport
-from ematix_flow.coordinator_lib.schemas import schemas_at
+from ematix_flow.coordinator_lib.stage_schemas import schemas_at
 from ematix_flow.coordinator_lib.state import Assignment, QueryState
 from ematix_flow.engine.exchange import schema_bytes, unique_names
 from ematix_flow.engine.run import decode, stream_partitions

@@ -27,7 +27,7 @@ KNOWN: dict[str, str] = {
     "(Ordering direction required for DISTINCT with limit); fixed: the exchange above is kept",
     "empty-stage-schema-order": "a stage that wrote no rows got its schema from an EXPLAIN that listed "
     "the casts a projection adds for join keys in another order, and its consumer failed to decode; "
-    "fixed: schemas.schemas_at reorders EXPLAIN's schema to the plan that ran",
+    "fixed: stage_schemas.schemas_at rebuilds the schema in the order of the plan that ran",
     # bugs of DataFusion itself (the case replays against DataFusion with the setting that avoids it)
     "grouping-set-order": "ORDER BY over a ROLLUP / CUBE / GROUPING SETS result: DataFusion drops or keeps "
     "the sort depending on its settings, so one of the two answers comes out unsorted",
