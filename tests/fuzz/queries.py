@@ -36,6 +36,7 @@ AVOIDABLE: dict[str, str] = {
     "aggregate-dynamic-filter": "no FILTER (WHERE ..) on min / max aggregates",
     "nested-topk-order": "no LIMIT after an ORDER BY that sorts on a list or struct column",
     "join-dynamic-filter": "no equi-join key of a floating-point type",
+    "scalar-subquery-filter": "no uncorrelated scalar subquery in a WHERE or an ON",
 }
 #: Families one generator rule avoids together.
 _SAME_RULE = {"window-partition-order", "window-ordered-partition-assert"}
@@ -486,6 +487,8 @@ class QueryGen(ExprGen):
         ):
             return self.literal(kind)
         if not corr and ctx.having and "having-scalar-subquery" in self.avoid:
+            return self.literal(kind)
+        if not corr and ctx.position in ("where", "on") and "scalar-subquery-filter" in self.avoid:
             return self.literal(kind)
         pos = ctx.position
         return Node(
