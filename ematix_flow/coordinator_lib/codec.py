@@ -20,12 +20,15 @@ Cost (2-core machine, 4 partitions): 0.7 ms per TPC-H plan (median; 1.2 ms at mo
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 
 from datafusion import SessionContext
 from datafusion.plan import ExecutionPlan
 
 from ematix_flow import protobuf
+from ematix_flow.coordinator_lib.display import bracketed, split_list
 from ematix_flow.errors import ProtocolError, first_line
 from ematix_flow.planner.nodes import NodeInfo, PlanNode, attach_infos, parse_tree
 
@@ -34,13 +37,57 @@ from ematix_flow.planner.nodes import NodeInfo, PlanNode, attach_infos, parse_tr
 class CodecGap:
     """A loss of DataFusion 55's plan codec that a round trip does not show.
 
-    ``nodes``: the display names of the nodes it affects; ``pattern``: what in such a node's display
+    ``nodes``: the display names of the nodes it affects; ``found``: whether such a node's display
     line says the plan depends on what is lost; ``reason``: the user's explanation.
     """
 
     nodes: tuple[str, ...]
-    pattern: re.Pattern[str]
+    found: Callable[[str], object]
     reason: str
+
+
+#: Window functions DataFusion computes differently once it reverses their window (lag <-> lead,
+#: nth_value from the other end): the codec writes the function's name only, so a peer computes
+#: the reversed window with the function as written.
+_REVERSIBLE = ("lag(", "lead(", "nth_value(")
+_BOUND = re.compile(r"(Preceding|Following)\(\w+\((\w+|NULL)\)\)|CurrentRow")
+
+
+def reversed_window(line: str) -> bool:
+    """Whether a window node holds a lag / lead / nth_value whose frame DataFusion reversed.
+
+    The expression's name keeps the frame as written; its ``frame:`` shows the one it runs with.
+    """
+    items = split_list(bracketed(line, "wdw=[") or "") or []  # "NAME: Field {..}", "frame: ..", ...
+    for expr, frame in pairwise(items):
+        name = expr.partition(": ")[0]
+        if not (frame.startswith("frame: ") and name.startswith(_REVERSIBLE)):
+            continue
+        if _frame_text(frame.removeprefix("frame: ")) not in name:
+            return True
+    return False
+
+
+def _frame_text(frame: str) -> str:
+    """A frame as a window's name shows it: ``RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW``.
+
+    ``BoundedWindowAggExec`` shows it so already; ``WindowAggExec`` shows the struct
+    (``WindowFrame { units: Range, start_bound: CurrentRow, end_bound: Following(Int64(NULL)), .. }``).
+    """
+    if not frame.startswith("WindowFrame {"):
+        return frame
+    units = re.search(r"units: (\w+)", frame)
+    bounds = [_bound_text(m) for m in _BOUND.finditer(frame)]
+    if units is None or len(bounds) != 2:
+        return frame
+    return f"{units.group(1).upper()} BETWEEN {bounds[0]} AND {bounds[1]}"
+
+
+def _bound_text(m: re.Match[str]) -> str:
+    if m.group(0) == "CurrentRow":
+        return "CURRENT ROW"
+    value = "UNBOUNDED" if m.group(2) == "NULL" else m.group(2)
+    return f"{value} {m.group(1).upper()}"
 
 
 #: The known gaps. Each was found by running the decoded plan next to the original in one process.
@@ -50,9 +97,17 @@ CODEC_GAPS: tuple[CodecGap, ...] = (
     # Aggregates carry it (AggregateExec's first_value / last_value / array_agg IGNORE NULLS survive).
     CodecGap(
         ("BoundedWindowAggExec", "WindowAggExec"),
-        re.compile(r"\bIGNORE NULLS\b"),
+        re.compile(r"\bIGNORE NULLS\b").search,
         "DataFusion 55's plan codec drops IGNORE NULLS of window functions "
         "(a peer would compute RESPECT NULLS)",
+    ),
+    # DataFusion reverses a window to reuse the sort another window needs: lag becomes lead over
+    # the reversed frame. The codec writes "lag" and the reversed frame, and a peer computes lag.
+    CodecGap(
+        ("BoundedWindowAggExec", "WindowAggExec"),
+        reversed_window,
+        "DataFusion 55's plan codec loses the reversal of a lag / lead / nth_value window that "
+        "DataFusion reversed to share a sort (a peer would compute it in the other direction)",
     ),
 )
 
@@ -82,7 +137,7 @@ def known_gap(infos: list[NodeInfo]) -> str | None:
     for info in infos:
         name = _node_name(info.line)
         for gap in CODEC_GAPS:
-            if name in gap.nodes and gap.pattern.search(info.line):
+            if name in gap.nodes and gap.found(info.line):
                 return gap.reason
     return None
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from datafusion import SessionContext
 
+from ematix_flow.coordinator_lib.display import bracketed, split_list
 from ematix_flow.coordinator_lib.schemas import parse_schema
 from ematix_flow.errors import PlanningError
 
@@ -111,10 +112,13 @@ def reconciled(nodes: list[Node], lines: Sequence[str], i: int) -> pa.Schema | N
     end = _subtree_end(nodes, i)
     if [n.line for n in nodes[i:end]] == list(lines[i:end]):
         return nodes[i].schema
-    inputs = [reconciled(nodes, lines, c) for c in _children(nodes, i)]
+    children = _children(nodes, i)
+    inputs = [reconciled(nodes, lines, c) for c in children]
     known = [s for s in inputs if s is not None]
     if len(known) != len(inputs):
         return None  # an input EXPLAIN planned otherwise than by order alone
+    if nodes[i].line == lines[i] and all(s == nodes[c].schema for s, c in zip(known, children, strict=True)):
+        return nodes[i].schema  # the same node over the same input schemas
     names = _output_names(_kind(lines[i]), lines[i], known)
     if names is None:
         return None
@@ -126,12 +130,12 @@ def reconciled(nodes: list[Node], lines: Sequence[str], i: int) -> pa.Schema | N
 
 def _output_names(kind: str, line: str, inputs: list[pa.Schema]) -> list[str] | None:
     """The names a node outputs, in order, from its display line and its inputs' schemas."""
-    projected = _bracketed(line, ", projection=[")  # a filter's or a join's own projection
+    projected = bracketed(line, ", projection=[")  # a filter's or a join's own projection
     if projected is not None:
-        items = _split_list(projected)
+        items = split_list(projected)
         return None if items is None else [_item_name(item) for item in items]
     if kind == "ProjectionExec":
-        items = _split_list(_bracketed(line, "ProjectionExec: expr=[") or "")
+        items = split_list(bracketed(line, "ProjectionExec: expr=[") or "")
         return None if items is None else [_item_name(item) for item in items]
     if kind == "ScalarSubqueryExec" and inputs:
         return list(inputs[0].names)  # the main input; the others are the subqueries
@@ -161,35 +165,6 @@ def _subtree_end(nodes: list[Node], i: int) -> int:
 def _children(nodes: list[Node], i: int) -> list[int]:
     """Pre-order indices of node ``i``'s children (EXPLAIN indents a level by two spaces)."""
     return [j for j in range(i + 1, _subtree_end(nodes, i)) if nodes[j].depth == nodes[i].depth + 2]
-
-
-def _bracketed(line: str, prefix: str) -> str | None:
-    """What follows ``prefix`` (which ends with ``[``) up to its closing bracket, or None."""
-    start = line.find(prefix)
-    if start < 0:
-        return None
-    opening = start + len(prefix) - 1
-    depth = 0
-    for end in range(opening, len(line)):
-        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(line[end], 0)
-        if depth == 0:
-            return line[opening + 1 : end]
-    return None
-
-
-def _split_list(body: str) -> list[str] | None:
-    """The ``, ``-separated items of a display list, split outside brackets (None: unbalanced)."""
-    items: list[str] = []
-    depth, start = 0, 0
-    for k, ch in enumerate(body):
-        depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(ch, 0)
-        if depth < 0:
-            return None
-        if depth == 0 and body.startswith(", ", k):
-            items.append(body[start:k])
-            start = k + 2
-    items.append(body[start:])
-    return items if depth == 0 else None
 
 
 def _item_name(item: str) -> str:

@@ -25,6 +25,9 @@ KNOWN: dict[str, str] = {
     "assertion; fixed: after MAX_REPLANS re-plans the query runs in-process",
     "union-limited-distinct": "a DISTINCT / UNION with LIMIT over a union split across tasks failed "
     "(Ordering direction required for DISTINCT with limit); fixed: the exchange above is kept",
+    "window-reversed-shift": "lag / lead / nth_value over a window DataFusion reversed to share another "
+    "window's sort gave the unreversed values on the mesh (the codec writes the function's name only); "
+    "fixed: codec.CODEC_GAPS finds the reversed frame and the plan runs in-process",
     "empty-stage-schema-order": "a stage that wrote no rows got its schema from an EXPLAIN that listed "
     "the casts a projection adds for join keys in another order, and its consumer failed to decode; "
     "fixed: stage_schemas.schemas_at rebuilds the schema in the order of the plan that ran",
