@@ -162,6 +162,12 @@ def stream_partitions(
         except Exception as exc:
             raise _execution_error(exc) from exc
         return
+    try:
+        # every partition's stream is made here, before any batch is out: an operator that refuses
+        # to start (a cut the submitter re-plans, engine/run.py) fails before the caller saw rows
+        streams = [ctx.execute(plan, p) for p in range(n)]
+    except Exception as exc:
+        raise _execution_error(exc) from exc
     q: queue.Queue[pa.RecordBatch | BaseException | None] = queue.Queue(maxsize=capacity)
     stop = threading.Event()
 
@@ -175,7 +181,7 @@ def stream_partitions(
 
     def drain(p: int) -> None:
         try:
-            for rb in ctx.execute(plan, p):
+            for rb in streams[p]:
                 if stop.is_set():
                     return
                 put(rb.to_pyarrow())
