@@ -256,3 +256,28 @@ def test_a_hash_join_over_reordered_key_casts_keeps_its_output() -> None:
     over = [Node(0, aggregate, pa.schema([a]))] + [Node(n.depth + 2, n.line, n.schema) for n in explained]
     assert reconciled(over, [aggregate, *ran], 0) == pa.schema([a])
     assert reconciled(over, [aggregate, *unknown], 0) is None  # its input cannot be rebuilt
+
+
+def test_windows_aggregates_and_unions_over_reordered_inputs_follow_them() -> None:
+    a, b, w = pa.field("a", pa.int32()), pa.field("b", pa.int64()), pa.field("w", pa.uint64())
+    scan = "DataSourceExec: file_groups={1 group: [[t.parquet]]}, projection=[a, b], file_type=parquet"
+
+    def over(top: str, ran_top: str, top_schema: pa.Schema) -> tuple[list[Node], list[str]]:
+        explained = [
+            Node(0, top, top_schema),
+            Node(2, "ProjectionExec: expr=[a@0 as a, b@1 as b]", pa.schema([a, b])),
+            Node(4, scan, pa.schema([a, b])),
+        ]
+        return explained, [ran_top, "ProjectionExec: expr=[b@1 as b, a@0 as a]", scan]
+
+    window = "BoundedWindowAggExec: wdw=[row_number() ORDER BY [a@{} ASC]: ..], mode=[Sorted]"
+    nodes, ran = over(window.format(0), window.format(1), pa.schema([a, b, w]))
+    assert reconciled(nodes, ran, 0) == pa.schema([b, a, w])
+    aggregate = "AggregateExec: mode=Single, gby=[a@{} as a], aggr=[count(b)]"
+    count = pa.field("count(b)", pa.int64())
+    nodes, ran = over(aggregate.format(0), aggregate.format(1), pa.schema([a, count]))
+    assert reconciled(nodes, ran, 0) == pa.schema([a, count])  # its own order
+    nodes, ran = over(aggregate.format(0), aggregate.format(1).replace("count(b)", "sum(b)"), nodes[0].schema)
+    assert reconciled(nodes, ran, 0) is None  # other expressions: another plan
+    nodes, ran = over("UnionExec", "UnionExec", pa.schema([a, b]))
+    assert reconciled(nodes, ran, 0) == pa.schema([b, a])

@@ -119,17 +119,35 @@ def reconciled(nodes: list[Node], lines: Sequence[str], i: int) -> pa.Schema | N
         return None  # an input EXPLAIN planned otherwise than by order alone
     if nodes[i].line == lines[i] and all(s == nodes[c].schema for s, c in zip(known, children, strict=True)):
         return nodes[i].schema  # the same node over the same input schemas
-    names = _output_names(_kind(lines[i]), lines[i], known)
+    schema = nodes[i].schema  # the types, by name
+    names = _output_names(_kind(lines[i]), lines[i], known, nodes[i])
     if names is None:
         return None
-    schema = nodes[i].schema  # the types, by name
     if len(set(schema.names)) != len(schema.names) or sorted(names) != sorted(schema.names):
         return None
     return pa.schema([schema.field(name) for name in names])
 
 
-def _output_names(kind: str, line: str, inputs: list[pa.Schema]) -> list[str] | None:
-    """The names a node outputs, in order, from its display line and its inputs' schemas."""
+#: Nodes whose output columns follow the order of their own expressions (not of their input's
+#: columns): where their line differs from EXPLAIN's only in column indices, so does nothing else.
+_OWN_ORDER = frozenset({"AggregateExec"})
+_WINDOWS = frozenset({"BoundedWindowAggExec", "WindowAggExec"})
+_INDEX = re.compile(r"@\d+")
+
+
+def _output_names(kind: str, line: str, inputs: list[pa.Schema], explained: Node) -> list[str] | None:
+    """The names a node outputs, in order, from its display line and its inputs' schemas.
+
+    ``explained``: the node as EXPLAIN shows it, for nodes whose own expressions come in the same
+    order in both plans (their lines differ only in the column indices they read).
+    """
+    same_exprs = _INDEX.sub("@", line) == _INDEX.sub("@", explained.line)
+    if kind in _OWN_ORDER and same_exprs:
+        return list(explained.schema.names)
+    if kind in _WINDOWS and same_exprs and len(inputs) == 1:  # the input's columns, then the windows'
+        return list(inputs[0].names) + list(explained.schema.names[len(inputs[0].names) :])
+    if kind in ("UnionExec", "InterleaveExec") and inputs:
+        return list(inputs[0].names)
     projected = bracketed(line, ", projection=[")  # a filter's or a join's own projection
     if projected is not None:
         items = split_list(projected)
