@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from tests.fuzz.cases import CASES_DIR, datafusion_bug_families, load_cases
-from tests.fuzz.families import UNREPLAYABLE
+from tests.fuzz.families import RACY, UNREPLAYABLE
 from tests.fuzz.queries import AVOIDABLE
 from tests.fuzz.session import Options, run
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.CRITICAL, format="%(message)s")
     # a difference of a family already fixed is a regression: only DataFusion's own bugs are known
     known = datafusion_bug_families(load_cases(args.out)) if args.out.exists() else frozenset()
-    known |= UNREPLAYABLE
+    known |= UNREPLAYABLE | {RACY}
     opts = Options(
         seed=args.seed,
         seconds=args.seconds if args.seconds is not None or args.queries is not None else 60.0,
