@@ -23,8 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.flight as flight
 import pytest
+from datafusion import udaf, udf
+from datafusion.user_defined import Accumulator
 
 from ematix_flow import Mesh
 from ematix_flow.coordinator_lib.local import LocalWorker, spawn_worker
@@ -282,3 +286,27 @@ def run_on_terminal(
     finally:
         os.close(master)
     return proc.returncode, stdout, b"".join(chunks).decode("utf-8", "replace")
+
+
+def python_udfs() -> tuple[object, object]:
+    """A Python UDF ``plus_one`` and UDAF ``py_total`` (a sum), as users register them."""
+    plus = udf(lambda a: pc.add(a, 1), [pa.int64()], pa.int64(), "immutable", name="plus_one")
+
+    class Total(Accumulator):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._sum = 0
+
+        def update(self, values: pa.Array) -> None:
+            self._sum += pc.sum(values).as_py() or 0
+
+        def merge(self, states: list[pa.Array]) -> None:
+            self._sum += pc.sum(states[0]).as_py() or 0
+
+        def state(self) -> list[pa.Scalar]:
+            return [pa.scalar(self._sum)]
+
+        def evaluate(self) -> pa.Scalar:
+            return pa.scalar(self._sum)
+
+    total = udaf(Total, pa.int64(), pa.int64(), [pa.int64()], "immutable", name="py_total")
+    return plus, total

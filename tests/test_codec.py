@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from datafusion import Accumulator, SessionContext, col, udaf, udf
+from datafusion import SessionContext, col
 from datafusion.plan import ExecutionPlan
+from support import python_udfs
 
 from ematix_flow import protobuf
 from ematix_flow.coordinator_lib import codec
@@ -229,27 +229,12 @@ def test_a_difference_in_partitions_or_lines_is_named(ctx: SessionContext) -> No
 def test_plans_with_python_functions_pass_the_round_trip() -> None:
     """A UDF / UDAF pickled again after decoding differs in the pickle's memo only: not a problem."""
 
-    class Total(Accumulator):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self._sum = 0
-
-        def update(self, values: pa.Array) -> None:
-            self._sum += pc.sum(values).as_py() or 0
-
-        def merge(self, states: list[pa.Array]) -> None:
-            self._sum += pc.sum(states[0]).as_py() or 0
-
-        def state(self) -> list[pa.Scalar]:
-            return [pa.scalar(self._sum)]
-
-        def evaluate(self) -> pa.Scalar:
-            return pa.scalar(self._sum)
-
     c = planning_context(2)
     c.from_pydict({"k": [1, 2, 1, 3], "v": [1, 2, 3, 4]}, name="t")
-    c.register_udf(udf(lambda a: pc.add(a, 1), [pa.int64()], pa.int64(), "immutable", name="plus_one"))
-    c.register_udaf(udaf(Total, pa.int64(), pa.int64(), [pa.int64()], "immutable", name="total"))
-    sql = "SELECT k, total(plus_one(v)) AS s FROM t GROUP BY k ORDER BY k"
+    plus, total = python_udfs()
+    c.register_udf(plus)  # type: ignore[arg-type]
+    c.register_udaf(total)  # type: ignore[arg-type]
+    sql = "SELECT k, py_total(plus_one(v)) AS s FROM t GROUP BY k ORDER BY k"
     assert _problem(c, sql) is None
     assert plan_query(c, sql).local_plan is None
 

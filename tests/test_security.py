@@ -12,13 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
-from datafusion import SessionContext, udaf, udf
-from datafusion.user_defined import Accumulator
-from support import TASK_TIMEOUT, clean_env, executable, spawned_workers_with
+from datafusion import SessionContext
+from support import TASK_TIMEOUT, clean_env, executable, python_udfs, spawned_workers_with
 
 from ematix_flow import Mesh, TLSConfig
 from ematix_flow.coordinator_lib.local import LocalWorker
@@ -210,29 +208,6 @@ def test_forged_local_read_path_is_not_read() -> None:
 
 
 # ----------------------------------------------------------------------------------- --allow-udfs
-def _udfs() -> tuple[object, object]:
-    plus = udf(lambda a: pc.add(a, 1), [pa.int64()], pa.int64(), "immutable", name="plus_one")
-
-    class Total(Accumulator):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self._sum = 0
-
-        def update(self, values: pa.Array) -> None:
-            self._sum += pc.sum(values).as_py() or 0
-
-        def merge(self, states: list[pa.Array]) -> None:
-            self._sum += pc.sum(states[0]).as_py() or 0
-
-        def state(self) -> list[pa.Scalar]:
-            return [pa.scalar(self._sum)]
-
-        def evaluate(self) -> pa.Scalar:
-            return pa.scalar(self._sum)
-
-    total = udaf(Total, pa.int64(), pa.int64(), [pa.int64()], "immutable", name="py_total")
-    return plus, total
-
-
 UDF_SQL = "SELECT k, py_total(plus_one(v)) AS s FROM t GROUP BY k ORDER BY k"
 
 
@@ -241,7 +216,7 @@ def test_python_udf_is_refused_without_allow_udfs(
 ) -> None:
     with _mesh(guarded, named_certs, "client") as mesh:
         mesh.register_parquet("t", data / "allowed" / "t.parquet")
-        for f in _udfs():
+        for f in python_udfs():
             mesh.register_udf(f)  # type: ignore[arg-type]
         with pytest.raises(AccessDeniedError) as info:
             mesh.sql(UDF_SQL)
@@ -254,7 +229,7 @@ def test_python_udf_runs_with_allow_udfs(named_certs: Path, data: Path, tmp_path
         _mesh(workers, named_certs, "peer") as mesh,
     ):
         mesh.register_parquet("t", data / "allowed" / "t.parquet")
-        for f in _udfs():
+        for f in python_udfs():
             mesh.register_udf(f)  # type: ignore[arg-type]
         got = mesh.sql(UDF_SQL)
         assert any(t.peer for s in mesh.last_run.stages for t in s.tasks)

@@ -144,12 +144,10 @@ def known_gap(infos: list[NodeInfo]) -> str | None:
 
 def roundtrip_difference(ctx: SessionContext, plan_bytes: bytes, infos: list[NodeInfo]) -> str | None:
     """What differs between the plan and the plan DataFusion decodes from its bytes, or None."""
-    try:
-        decoded = ExecutionPlan.from_bytes(ctx, plan_bytes)
-        again = decoded.to_bytes()
-    except Exception as exc:
-        return f"DataFusion 55 cannot decode the plan it encoded ({first_line(exc, 200)})"
-    plan_bytes, again = _without_python_functions(plan_bytes), _without_python_functions(again)
+    trip = _round_trip(ctx, plan_bytes)
+    if isinstance(trip, str):
+        return f"DataFusion 55 cannot decode the plan it encoded ({trip})"
+    decoded, plan_bytes, again = trip
     want = [_normal(i) for i in infos]
     got = [_normal(i) for i in node_infos(decoded)]
     if again == plan_bytes and got == want:
@@ -164,17 +162,25 @@ def slice_difference(ctx: SessionContext, plan_bytes: bytes) -> str | None:
     The decoded plan, encoded again, must hold the same nodes with the same fields, but for the
     projections the decoder puts over union inputs (:func:`_is_union_coercion`).
     """
-    try:
-        decoded = ExecutionPlan.from_bytes(ctx, plan_bytes)
-        again = decoded.to_bytes()
-    except Exception as exc:
-        return f"DataFusion 55 cannot decode the plan ({first_line(exc, 200)})"
-    plan_bytes, again = _without_python_functions(plan_bytes), _without_python_functions(again)
+    trip = _round_trip(ctx, plan_bytes)
+    if isinstance(trip, str):
+        return f"DataFusion 55 cannot decode the plan ({trip})"
+    decoded, plan_bytes, again = trip
     if again == plan_bytes:
         return None
     return _difference(
         parse_tree(plan_bytes), attach_infos(parse_tree(again), node_infos(decoded)), "", False
     )
+
+
+def _round_trip(ctx: SessionContext, plan_bytes: bytes) -> tuple[ExecutionPlan, bytes, bytes] | str:
+    """The decoded plan, and its bytes before and after (pickled Python functions masked); or why not."""
+    try:
+        decoded = ExecutionPlan.from_bytes(ctx, plan_bytes)
+        again = decoded.to_bytes()
+    except Exception as exc:
+        return first_line(exc, 200)
+    return decoded, _without_python_functions(plan_bytes), _without_python_functions(again)
 
 
 # ----------------------------------------------------------------------------------- comparison
