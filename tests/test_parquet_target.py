@@ -193,7 +193,15 @@ def test_the_folder_always_holds_complete_contents_while_truncates_swap_it(tmp_p
 
     def watch() -> None:
         while not stop.is_set():
-            seen.append(sorted(os.listdir(folder)))  # raises if the folder is ever missing
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)  # raises if the folder is ever missing
+            try:
+                names = sorted(os.listdir(fd))
+                # A listing that began just before a swap reads the retired folder while it is being
+                # removed; only listings of the folder still at the path say what a reader sees there.
+                if os.fstat(fd).st_ino == os.stat(folder).st_ino:
+                    seen.append(names)
+            finally:
+                os.close(fd)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
