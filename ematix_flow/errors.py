@@ -98,5 +98,9 @@ class ProtocolError(FlowError):
     """A message on the wire was malformed, truncated or of an unknown kind."""
 
 
+class StorageError(FlowError):
+    """An object store is not configured for a bucket, refused the credentials, or did not answer."""
+
+
 class AccessDeniedError(FlowError):
     """A worker refused a request: an unlisted identity, a path outside its data roots, a Python UDF."""

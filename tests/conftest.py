@@ -21,7 +21,8 @@ from ematix_flow.engine.settings import planning_context
 from ematix_flow.transport.certs import init_certs
 from ematix_flow.workloads import tpcds, tpch
 
-pytest_plugins = ["pgserver"]  # postgres_dsn / postgres_db: one private PostgreSQL for the session
+#: postgres_dsn / postgres_db: one private PostgreSQL; s3_server: one private S3 server (moto)
+pytest_plugins = ["pgserver", "s3server"]
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +102,7 @@ def tpch_mesh(tpch_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 #: Fixtures that generate benchmark data (with tpchgen / DuckDB): their tests are in the `data` tier.
 DATA_FIXTURES = frozenset({"tpch_data", "tiny", "tiny_tpch", "tpcds_data", "tpcds_small"})
 #: Session fixtures that start a server: their tests are `integration` wherever they are.
-PROCESS_FIXTURES = frozenset({"postgres_dsn", "postgres_db"})
+PROCESS_FIXTURES = frozenset({"postgres_dsn", "postgres_db", "s3_server"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

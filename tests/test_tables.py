@@ -74,7 +74,8 @@ def test_kind_from_suffix_defaults_to_parquet() -> None:
 
 
 def test_parse_table_option() -> None:
-    assert parse_table_option(" t = /x/y.csv ") == ("t", Path("/x/y.csv"))
+    assert parse_table_option(" t = /x/y.csv ") == ("t", "/x/y.csv")
+    assert parse_table_option("t=s3://lake/t/") == ("t", "s3://lake/t/")
     for bad in ("t", "=p", "t=", " = "):
         with pytest.raises(ConfigError, match="must be NAME=PATH"):
             parse_table_option(bad)

@@ -44,10 +44,23 @@ def mesh_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Send the SQL to this peer, which plans it with its tables and drives it (Flight SQL).",
         ),
         click.option(
-            "--table", "tables", multiple=True, metavar="NAME=PATH", help="Register a table (repeatable)."
+            "--table",
+            "tables",
+            multiple=True,
+            metavar="NAME=PATH|URL",
+            help="Register a table: a file, a folder, or a URL such as s3://lake/sales/ (repeatable).",
         ),
         click.option(
-            "--tables-dir", type=click.Path(), help="Register every Parquet/CSV/JSON file or folder in DIR."
+            "--tables-dir",
+            metavar="DIR|URL",
+            help="Register every Parquet/CSV/JSON file or folder in DIR (or under a URL prefix).",
+        ),
+        click.option(
+            "--storage",
+            type=click.Path(dir_okay=False),
+            envvar="FLOW_STORAGE",
+            help="TOML of object-store buckets (endpoint, region, credentials as ${ENV}); --local peers "
+            "get it too [the AWS_* / GOOGLE_* / AZURE_* environment].",
         ),
         click.option("--partitions", type=int, help="Shuffle width [2 x peers, at least 4]."),
         click.option(
@@ -102,7 +115,7 @@ def open_mesh(
 def register_tables(mesh: Mesh, tables: tuple[str, ...], tables_dir: str | None) -> None:
     """Register ``--table`` / ``--tables-dir`` on the mesh (with ``--via``: in its session on the peer)."""
     if mesh.via is None:
-        register_all(mesh, tables, tables_dir)
+        register_all(mesh, tables, tables_dir, mesh.storage)
         return
     if tables_dir:
         raise ConfigError(
@@ -111,7 +124,7 @@ def register_tables(mesh: Mesh, tables: tuple[str, ...], tables_dir: str | None)
         )
     for value in tables:
         name, path = parse_table_option(value)
-        register_format(mesh, kind_from_suffix(path), name, str(path))
+        register_format(mesh, kind_from_suffix(path), name, path)
 
 
 @click.command()
@@ -141,6 +154,7 @@ def sql(
     local: int | None,
     tables: tuple[str, ...],
     tables_dir: str | None,
+    storage: str | None,
     partitions: int | None,
     via: str | None,
     sql_file: TextIO | None,
@@ -166,7 +180,9 @@ def sql(
     if fmt == "parquet" and not output:
         raise ConfigError("--format parquet needs --output FILE")
     t0 = time.perf_counter()
-    with open_mesh(peers, tls_dir, tls_name, insecure, local, via, partitions=partitions) as mesh:
+    with open_mesh(
+        peers, tls_dir, tls_name, insecure, local, via, partitions=partitions, storage=storage
+    ) as mesh:
         register_tables(mesh, tables, tables_dir)
         with TerminalProgress(not quiet) as progress:
             batches: Iterator[pa.RecordBatch] = mesh.sql_batches(
@@ -319,6 +335,7 @@ def explain(
     local: int | None,
     tables: tuple[str, ...],
     tables_dir: str | None,
+    storage: str | None,
     partitions: int | None,
     via: str | None,
     sql_file: TextIO | None,
@@ -350,8 +367,8 @@ def explain(
             f"flow explain plans here, but with --via {via} the peer plans: use --peers and the data paths, "
             "or send EXPLAIN as SQL with flow sql --via"
         )
-    with open_mesh(peers, tls_dir, tls_name, insecure, local, partitions=partitions) as mesh:
-        register_all(mesh, tables, tables_dir)
+    with open_mesh(peers, tls_dir, tls_name, insecure, local, partitions=partitions, storage=storage) as mesh:
+        register_all(mesh, tables, tables_dir, mesh.storage)
         if not analyze:
             click.echo(mesh.explain(text))
             return

@@ -132,11 +132,13 @@ def spawn_local(
     insecure: bool = False,
     work_dir: str | os.PathLike[str] | None = None,
     log_level: str = "warning",
+    extra: list[str] | None = None,
 ) -> LocalPeers:
     """Start ``workers`` flow-workers in parallel in a new folder under ``work_dir``.
 
     Unless ``insecure``, they share fresh mTLS certificates made in that folder. When any worker
     fails to start, those that did are stopped, the folder removed, and the first failure raised.
+    ``extra``: more ``flow-worker`` options (``--storage FILE``). They inherit this environment.
     """
     base = Path(tempfile.mkdtemp(prefix="flow-local-", dir=work_dir))
     tls_dir = None if insecure else base / "certs"
@@ -146,7 +148,8 @@ def spawn_local(
             init_certs(tls_dir, ["127.0.0.1", "localhost"])
         with ThreadPoolExecutor(max_workers=workers) as ex:
             futures = [
-                ex.submit(spawn_worker, tls_dir, base / "work", log_level=log_level) for _ in range(workers)
+                ex.submit(spawn_worker, tls_dir, base / "work", log_level=log_level, extra=extra)
+                for _ in range(workers)
             ]
             for f in futures:
                 try:

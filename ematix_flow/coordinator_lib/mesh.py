@@ -27,13 +27,15 @@ from ematix_flow.coordinator_lib.planning import PlannedQuery, dataframe, plan_q
 from ematix_flow.coordinator_lib.progress import ProgressHook
 from ematix_flow.coordinator_lib.report import RunReport, render_graph
 from ematix_flow.coordinator_lib.subqueries import check_rows
-from ematix_flow.engine import layout
+from ematix_flow.engine import layout, stores
 from ematix_flow.engine.settings import execution_context, planning_context
+from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.engine.tasks import TaskRunner
-from ematix_flow.errors import ConfigError, FlowError, first_line
+from ematix_flow.errors import ConfigError, FlowError, StorageError, first_line
 from ematix_flow.transport.flight import ClientPool
 from ematix_flow.transport.messages import PeerInfo
 from ematix_flow.transport.tls import TLSConfig
+from ematix_flow.urls import folder_url, is_url, parse_url, urls_in
 
 DEFAULT_MIN_TASK_BYTES = 4 * 1024 * 1024
 DEFAULT_LOCAL_BELOW_BYTES = 0  # the adaptive gate is off unless asked for
@@ -75,6 +77,7 @@ class Mesh:
         settings: dict[str, str] | None = None,
         via: str | None = None,
         memory_limit: int | None = None,
+        storage: str | os.PathLike[str] | StorageConfig | None = None,
     ) -> None:
         """Connect to ``peers`` ("host:port") over mutual TLS (``insecure=True``: plaintext).
 
@@ -89,6 +92,10 @@ class Mesh:
         to the data. ``peers`` may then be empty; ``sql``, ``sql_batches``, ``schema``, ``tables`` and the
         ``register_*`` methods (as ``CREATE EXTERNAL TABLE`` in this Mesh's session on the peer) work; the
         peer drives the stages, so no progress snapshots arrive and ``last_run`` holds no stages.
+
+        ``storage``: a ``--storage`` TOML file (or a loaded ``StorageConfig``) for the object-store
+        buckets this process reads; the environment (``AWS_ACCESS_KEY_ID``...) fills the rest. Each
+        peer resolves buckets from its own configuration: plans carry URLs, never credentials.
         """
         self.via: str | None = None  # a ViaMesh's peer (Mesh.__new__ makes one when via= names it)
         self.peers = [p.strip() for p in peers if p.strip()]
@@ -111,13 +118,14 @@ class Mesh:
         self._pool = ClientPool(tls)
         self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="flow-task")
         self._membership = Membership(self.peers, self._pool, self._executor)
+        self.storage = storage if isinstance(storage, StorageConfig) else StorageConfig.load(storage)
         self._ctx = planning_context(self.partitions, settings)
         self._scratch = Path(tempfile.mkdtemp(prefix="flow-submit-"))
         spill = self._scratch / layout.SPILL_DIR
         if memory_limit:
             spill.mkdir()
         ctx = execution_context(memory_limit=memory_limit, spill_dir=str(spill) if memory_limit else None)
-        runner = TaskRunner(ctx, self._pool, self._scratch, fetch_timeout=task_timeout)
+        runner = TaskRunner(ctx, self._pool, self._scratch, fetch_timeout=task_timeout, storage=self.storage)
         self._submitter = Submitter(
             self._ctx, self._membership, self._pool, self._executor, runner, self._scratch
         )
@@ -138,10 +146,16 @@ class Mesh:
         log_level: str = "warning",
         **options: Any,
     ) -> Mesh:
-        """Spawn ``workers`` flow-worker processes on 127.0.0.1 with fresh mTLS certificates."""
+        """Spawn ``workers`` flow-worker processes on 127.0.0.1 with fresh mTLS certificates.
+
+        They inherit this process's environment and ``storage=`` file (``options`` go to ``Mesh``).
+        """
         if workers < 1:
             raise ConfigError("Mesh.local needs at least one worker")
-        local = spawn_local(workers, insecure=insecure, work_dir=work_dir, log_level=log_level)
+        storage = options.get("storage")
+        source = storage.source if isinstance(storage, StorageConfig) else storage
+        extra = ["--storage", str(source)] if source else []
+        local = spawn_local(workers, insecure=insecure, work_dir=work_dir, log_level=log_level, extra=extra)
         try:
             mesh = cls(local.addresses, local.tls, insecure=insecure, **options)
         except BaseException:
@@ -162,22 +176,53 @@ class Mesh:
 
     # ------------------------------------------------------------------ tables
     def _resolve(self, name: str, path: str | os.PathLike[str]) -> str:
+        """A local path made absolute, or a URL whose bucket gets a store here (a folder URL gets its /)."""
+        if is_url(path):
+            url = folder_url(str(path))
+            stores.register(self._ctx, [url], self.storage)
+            return url
         p = Path(path).expanduser().resolve()
         if not p.exists():
             raise ConfigError(f"table {name}: no such file or directory: {path}")
         return str(p)
 
+    def _register_urls(self, sql: str) -> list[StorageError]:
+        """Give the planning context a store for every bucket quoted in ``sql`` (COPY TO, LOCATION).
+
+        Buckets nobody configured are returned (a literal may be only a string): raised if planning fails.
+        """
+        missing = []
+        for url in urls_in(sql):
+            try:
+                stores.register(self._ctx, [url], self.storage)
+            except StorageError as exc:
+                missing.append(exc)
+        return missing
+
+    def _plan(self, sql: str) -> PlannedQuery:
+        missing = self._register_urls(sql)
+        try:
+            return plan_query(self._ctx, sql)
+        except FlowError as exc:
+            if missing:
+                raise missing[0] from exc
+            raise
+
     def register_parquet(self, name: str, path: str | os.PathLike[str], **options: Any) -> None:
         """Register a Parquet file or a folder of Parquet files as table ``name``."""
-        self._register(name, lambda: self._ctx.register_parquet(name, self._resolve(name, path), **options))
+        self._register(
+            name, path, lambda: self._ctx.register_parquet(name, self._resolve(name, path), **options)
+        )
 
     def register_csv(self, name: str, path: str | os.PathLike[str], **options: Any) -> None:
         """Register a CSV file or folder (options go to DataFusion's ``register_csv``)."""
-        self._register(name, lambda: self._ctx.register_csv(name, self._resolve(name, path), **options))
+        self._register(name, path, lambda: self._ctx.register_csv(name, self._resolve(name, path), **options))
 
     def register_json(self, name: str, path: str | os.PathLike[str], **options: Any) -> None:
         """Register a newline-delimited JSON file or folder."""
-        self._register(name, lambda: self._ctx.register_json(name, self._resolve(name, path), **options))
+        self._register(
+            name, path, lambda: self._ctx.register_json(name, self._resolve(name, path), **options)
+        )
 
     def tables(self) -> dict[str, pa.Schema]:
         """Every registered table and its Arrow schema (``via``: what this session on the peer sees)."""
@@ -189,6 +234,7 @@ class Mesh:
 
         ``read_only=True`` refuses DDL, DML and SET statements (QueryError) where planning would run them.
         """
+        self._register_urls(sql)
         return dataframe(self._ctx, sql, read_only=read_only).schema()
 
     def register_udf(self, function: ScalarUDF | AggregateUDF) -> None:
@@ -201,7 +247,7 @@ class Mesh:
         else:
             self._ctx.register_udf(function)
 
-    def _register(self, name: str, action: Any) -> None:
+    def _register(self, name: str, path: str | os.PathLike[str], action: Any) -> None:
         if self._ctx.table_exist(name):
             self._ctx.deregister_table(name)
         try:
@@ -209,6 +255,10 @@ class Mesh:
         except FlowError:
             raise
         except Exception as exc:
+            buckets = [parse_url(str(path)).store_url] if is_url(path) else []
+            failure = stores.storage_failure(str(exc), buckets)
+            if failure is not None:
+                raise StorageError(f"table {name}: {failure}") from exc
             raise ConfigError(f"cannot register table {name}: {first_line(exc)}") from exc
 
     # ------------------------------------------------------------------ queries
@@ -228,7 +278,7 @@ class Mesh:
         """
         if analyze:
             return self.analyzed_text(self.analyze(sql, timeout=timeout, progress=progress))
-        planned = plan_query(self._ctx, sql)
+        planned = self._plan(sql)
         if planned.local_plan is not None:
             return f"{self._local_reason(planned)}\n{planned.local_plan.display_indent()}"
         text = render_graph(planned.graph, len(self.peers))
@@ -308,7 +358,7 @@ class Mesh:
         t0 = time.perf_counter()
         timeout = timeout if timeout is not None else self.query_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        planned = plan_query(self._ctx, sql)
+        planned = self._plan(sql)
         check_rows(planned.row_check)  # as DataFusion, a subquery's second row fails before the query runs
         schema_out.append(planned.logical_schema)
         options = RunOptions(self.min_task_bytes, self.local_reads, self.max_attempts, self.task_timeout)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import queue
 import re
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +17,10 @@ import pyarrow as pa
 from datafusion import SessionContext
 from datafusion.plan import ExecutionPlan
 
-from ematix_flow.engine import layout
+from ematix_flow.engine import layout, stores
 from ematix_flow.engine.exchange import unique_names
-from ematix_flow.errors import AccessDeniedError, ProtocolError, TaskFailedError, first_line
+from ematix_flow.engine.storage import StorageConfig
+from ematix_flow.errors import AccessDeniedError, FlowError, ProtocolError, TaskFailedError, first_line
 
 #: The most partitions any node of a task plan may have (each output partition runs on a thread).
 MAX_PARTITIONS = 1024
@@ -49,8 +50,14 @@ class PartitionOutput:
     schema: pa.Schema | None
 
 
-def decode(ctx: SessionContext, plan: bytes) -> ExecutionPlan:
-    """Decode task plan bytes in ``ctx``; a plan wider than MAX_PARTITIONS anywhere is refused."""
+def decode(ctx: SessionContext, plan: bytes, storage: StorageConfig | None = None) -> ExecutionPlan:
+    """Decode task plan bytes in ``ctx``; a plan wider than MAX_PARTITIONS anywhere is refused.
+
+    ``storage``: register a store on ``ctx`` for every bucket the plan reads or writes, from this
+    process's configuration (plans carry URLs, never credentials) before decoding it.
+    """
+    if storage is not None:
+        stores.register(ctx, stores.plan_urls(plan), storage)
     try:
         decoded = ExecutionPlan.from_bytes(ctx, plan)
     except BaseException as exc:  # a malformed plan can make DataFusion's decoder panic
@@ -81,11 +88,17 @@ def is_panic(exc: BaseException) -> bool:
     return type(exc).__name__ == "PanicException"
 
 
-def _execution_error(exc: BaseException) -> TaskFailedError:
-    """Classify DataFusion's plain exception text, once, where it is caught (the engine boundary)."""
-    if isinstance(exc, TaskFailedError):
+def _execution_error(exc: BaseException, buckets: Sequence[str] = ()) -> FlowError:
+    """Classify DataFusion's plain exception text, once, where it is caught (the engine boundary).
+
+    ``buckets``: the store URLs the plan reads or writes, named when an object store failed.
+    """
+    if isinstance(exc, FlowError):
         return exc
     text = str(exc)
+    failure = stores.storage_failure(text, buckets)
+    if failure is not None:
+        return failure
     if "Resources exhausted" in text:
         detail = first_line(text.split("Resources exhausted:", 1)[-1], 200)
         return TaskFailedError(
@@ -97,11 +110,16 @@ def _execution_error(exc: BaseException) -> TaskFailedError:
 
 
 def write_partitions(
-    ctx: SessionContext, plan: ExecutionPlan, out_dir: Path, cancel: threading.Event | None = None
+    ctx: SessionContext,
+    plan: ExecutionPlan,
+    out_dir: Path,
+    cancel: threading.Event | None = None,
+    buckets: Sequence[str] = (),
 ) -> list[PartitionOutput]:
     """Run every partition of ``plan`` concurrently, each written to ``out_dir/p<k>.arrow``.
 
     Setting ``cancel`` stops every partition at its next batch (the task then fails as cancelled).
+    ``buckets``: the store URLs the plan touches (for the error if an object store fails).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     n = plan.partition_count
@@ -146,28 +164,31 @@ def write_partitions(
     for t in threads:
         t.join()
     if errors:
-        raise _execution_error(errors[0]) from errors[0]
+        raise _execution_error(errors[0], buckets) from errors[0]
     return [r for r in results if r is not None]
 
 
 def stream_partitions(
-    ctx: SessionContext, plan: ExecutionPlan, capacity: int = 16
+    ctx: SessionContext, plan: ExecutionPlan, capacity: int = 16, buckets: Sequence[str] = ()
 ) -> Generator[pa.RecordBatch, None, None]:
-    """Yield the batches of every partition of ``plan`` as they come (partitions run concurrently)."""
+    """Yield the batches of every partition of ``plan`` as they come (partitions run concurrently).
+
+    ``buckets``: the store URLs the plan touches (for the error if an object store fails).
+    """
     n = plan.partition_count
     if n == 1:
         try:
             for rb in ctx.execute(plan, 0):
                 yield rb.to_pyarrow()
         except Exception as exc:
-            raise _execution_error(exc) from exc
+            raise _execution_error(exc, buckets) from exc
         return
     try:
         # every partition's stream is made here, before any batch is out: an operator that refuses
         # to start (a cut the submitter re-plans, engine/run.py) fails before the caller saw rows
         streams = [ctx.execute(plan, p) for p in range(n)]
     except Exception as exc:
-        raise _execution_error(exc) from exc
+        raise _execution_error(exc, buckets) from exc
     q: queue.Queue[pa.RecordBatch | BaseException | None] = queue.Queue(maxsize=capacity)
     stop = threading.Event()
 
@@ -200,7 +221,7 @@ def stream_partitions(
             if item is None:
                 done += 1
             elif isinstance(item, BaseException):
-                raise _execution_error(item) from item
+                raise _execution_error(item, buckets) from item
             else:
                 yield item
     finally:

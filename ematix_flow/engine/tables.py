@@ -1,4 +1,4 @@
-"""Tables by path: a file's format from its suffix, registered on a planning context or a mesh.
+"""Tables by path or URL: a file's format from its suffix, registered on a planning context or a mesh.
 
 One set of rules for every place that registers tables: ``flow sql`` / ``flow explain``
 (``--table NAME=PATH``, ``--tables-dir DIR``), the worker's catalog (the same options of
@@ -7,10 +7,14 @@ One set of rules for every place that registers tables: ``flow sql`` / ``flow ex
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
+from urllib.parse import urlsplit
 
+from ematix_flow.engine import listing
+from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.errors import ConfigError
+from ematix_flow.urls import folder_url, is_url
 
 #: File suffix (lowercase) -> format.
 _KINDS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".ndjson": "json"}
@@ -55,9 +59,9 @@ def kind_of(path: Path) -> str:
     return kind
 
 
-def kind_from_suffix(path: Path) -> str:
+def kind_from_suffix(path: Path | str) -> str:
     """The format of a path that may not exist here (``--via``): its extension's, else Parquet (a folder)."""
-    return _KINDS.get(path.suffix.lower(), "parquet")
+    return _KINDS.get(PurePosixPath(str(path)).suffix.lower(), "parquet")
 
 
 def register_format(target: Registrar, kind: str, name: str, path: str) -> None:
@@ -66,19 +70,49 @@ def register_format(target: Registrar, kind: str, name: str, path: str) -> None:
     readers[kind](name, path)
 
 
-def register(target: Registrar, name: str, path: Path) -> None:
-    """Register ``path`` as table ``name`` with the reader its format needs.
+def register(target: Registrar, name: str, path: Path | str, storage: StorageConfig | None = None) -> None:
+    """Register ``path`` (a local path or an object-store URL) as table ``name`` with its format's reader.
+
+    A URL's format comes from its suffix; a folder URL's from the files under it (listed with
+    ``storage``, this process's configuration).
 
     Raises:
         ConfigError: ``path`` does not exist or its format is unknown.
+        StorageError: the URL's bucket is not configured here or cannot be listed.
     """
+    if is_url(path):
+        url = folder_url(str(path))
+        register_format(target, url_kind(url, storage or StorageConfig()), name, url)
+        return
+    path = Path(path)
     if not path.exists():
         raise ConfigError(f"table {name}: no such file or directory: {path}")
     register_format(target, kind_of(path), name, str(path))
 
 
-def parse_table_option(value: str) -> tuple[str, Path]:
-    """``NAME=PATH`` -> (name, path).
+def url_kind(url: str, storage: StorageConfig) -> str:
+    """The format of the file a URL names, or of the files under a folder URL (listed).
+
+    Raises:
+        ConfigError: the suffix is not one we read, the folder is empty or mixes formats.
+        StorageError: the bucket cannot be listed.
+    """
+    if not url.endswith("/"):
+        kind = _KINDS.get(PurePosixPath(urlsplit(url).path).suffix.lower())
+        if kind is None:
+            raise ConfigError(
+                f"cannot tell the format of {url}: use a .parquet, .csv or .json file (or a folder/)"
+            )
+        return kind
+    kinds = {_KINDS.get(PurePosixPath(p).suffix.lower()) for p in listing.files(url, storage)} - {None}
+    if len(kinds) != 1:
+        found = ", ".join(sorted(k for k in kinds if k)) or "none"
+        raise ConfigError(f"{url} must hold files of one format (.parquet, .csv or .json); found: {found}")
+    return next(k for k in kinds if k)
+
+
+def parse_table_option(value: str) -> tuple[str, str]:
+    """``NAME=PATH`` (or ``NAME=URL``) -> (name, path).
 
     Raises:
         ConfigError: ``value`` is not ``NAME=PATH``.
@@ -86,41 +120,52 @@ def parse_table_option(value: str) -> tuple[str, Path]:
     name, sep, path = value.partition("=")
     if not sep or not name.strip() or not path.strip():
         raise ConfigError(f"--table {value!r} must be NAME=PATH")
-    return name.strip(), Path(path.strip())
+    return name.strip(), path.strip()
 
 
-def register_dir(target: Registrar, tables_dir: str) -> list[str]:
-    """Register every table file or folder of ``tables_dir`` (named after it); returns the names.
+def register_dir(target: Registrar, tables_dir: str, storage: StorageConfig | None = None) -> list[str]:
+    """Register every table file or folder of ``tables_dir`` (a folder or a URL prefix); returns the names.
 
     Entries starting with ``.`` or ``_`` and files of other formats are skipped.
 
     Raises:
         ConfigError: ``tables_dir`` is not a directory, or an entry's format is unclear.
+        StorageError: a URL prefix cannot be listed.
     """
-    root = Path(tables_dir)
-    if not root.is_dir():
-        raise ConfigError(f"--tables-dir {tables_dir}: not a directory")
+    if is_url(tables_dir):
+        entries = listing.entries(folder_url(tables_dir), storage or StorageConfig())
+    else:
+        root = Path(tables_dir)
+        if not root.is_dir():
+            raise ConfigError(f"--tables-dir {tables_dir}: not a directory")
+        entries = [(str(e), e.is_dir()) for e in sorted(root.iterdir())]
     names = []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith((".", "_")):
+    for entry, is_dir in entries:
+        base = PurePosixPath(urlsplit(entry).path if is_url(entry) else entry)
+        if base.name.startswith((".", "_")):
             continue
-        if entry.is_file() and entry.suffix.lower() not in _KINDS:
+        if not is_dir and base.suffix.lower() not in _KINDS:
             continue
-        name = entry.stem if entry.is_file() else entry.name
-        register(target, name, entry)
+        name = base.name if is_dir else base.stem
+        register(target, name, entry + ("/" if is_dir and is_url(entry) else ""), storage)
         names.append(name)
     return names
 
 
-def register_all(target: Registrar, tables: tuple[str, ...], tables_dir: str | None) -> list[str]:
+def register_all(
+    target: Registrar, tables: tuple[str, ...], tables_dir: str | None, storage: StorageConfig | None = None
+) -> list[str]:
     """Register every entry of ``tables_dir``, then every ``NAME=PATH`` of ``tables``; returns the names.
+
+    Paths may be object-store URLs; ``storage`` is this process's configuration for listing them.
 
     Raises:
         ConfigError: an entry is malformed, missing, or of an unknown format.
+        StorageError: a URL's bucket is not configured here or cannot be listed.
     """
-    names = register_dir(target, tables_dir) if tables_dir else []
+    names = register_dir(target, tables_dir, storage) if tables_dir else []
     for value in tables:
         name, path = parse_table_option(value)
-        register(target, name, path)
+        register(target, name, path, storage)
         names.append(name)
     return names

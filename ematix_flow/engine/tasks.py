@@ -14,7 +14,7 @@ import pyarrow as pa
 from datafusion import SessionContext
 from datafusion.plan import ExecutionPlan
 
-from ematix_flow.engine import layout
+from ematix_flow.engine import layout, stores
 from ematix_flow.engine.exchange import (
     ScanTemplates,
     host_id,
@@ -24,6 +24,7 @@ from ematix_flow.engine.exchange import (
     unique_names,
 )
 from ematix_flow.engine.run import decode, write_partitions
+from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.planner.splice import splice
 from ematix_flow.transport.flight import ClientPool
 from ematix_flow.transport.messages import Source, TaskResult, TaskSpec
@@ -35,9 +36,15 @@ class TaskRunner:
     """Turns a TaskSpec into a runnable plan, and runs it: shared by workers and submitters."""
 
     def __init__(
-        self, ctx: SessionContext, pool: ClientPool, scratch: Path, fetch_timeout: float | None
+        self,
+        ctx: SessionContext,
+        pool: ClientPool,
+        scratch: Path,
+        fetch_timeout: float | None,
+        storage: StorageConfig | None = None,
     ) -> None:
         self.ctx = ctx
+        self.storage = storage or StorageConfig()
         self.pool = pool
         self.templates = ScanTemplates(scratch / layout.TEMPLATES_DIR)
         self.fetchers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch")
@@ -55,7 +62,7 @@ class TaskRunner:
             fetched += nbytes
             scans[inp.index] = self.templates.scan(read_schema(inp.schema), groups, inp.names)
         plan = splice(spec.plan, scans) if scans else spec.plan
-        return decode(self.ctx, plan), fetched
+        return decode(self.ctx, plan, self.storage), fetched
 
     def run(self, spec: TaskSpec, task_dir: Path, cancel: threading.Event | None = None) -> TaskResult:
         """Run a producer task; its outputs stay in ``task_dir/out`` until the query is released."""
@@ -65,7 +72,8 @@ class TaskRunner:
         task_dir.mkdir(parents=True)
         try:
             plan, fetched = self.prepare(spec, task_dir)
-            parts = write_partitions(self.ctx, plan, task_dir / layout.OUT_DIR, cancel)
+            out = task_dir / layout.OUT_DIR
+            parts = write_partitions(self.ctx, plan, out, cancel, stores.store_urls(spec.plan))
         finally:
             for p in layout.input_dirs(task_dir):
                 shutil.rmtree(p, ignore_errors=True)  # consumed inputs

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from ematix_flow.errors import QueryError
+from ematix_flow.urls import is_url
 
 KINDS = ("parquet", "csv", "json")
 _START = re.compile(r"\s*CREATE\s+(OR\s+REPLACE\s+)?(UNBOUNDED\s+)?EXTERNAL\s+TABLE\b", re.IGNORECASE)
@@ -43,7 +44,7 @@ class CreateTable:
 
     name: str
     kind: str  # parquet | csv | json
-    location: str  # an absolute path on the peer
+    location: str  # an absolute path on the peer, or an object-store URL
     replace: bool = False
     if_not_exists: bool = False
 
@@ -66,10 +67,10 @@ class CreateTable:
         location = m.group("location").replace("''", "'")
         if kind not in KINDS:
             raise QueryError(f"CREATE EXTERNAL TABLE ... STORED AS {kind.upper()}: use PARQUET, CSV or JSON")
-        if not location.startswith("/"):
+        if not location.startswith("/") and not is_url(location):
             raise QueryError(
                 f"CREATE EXTERNAL TABLE {name}: LOCATION {location!r} must be an absolute path "
-                "(every peer reads the files at that same path)"
+                "(every peer reads the files at that same path) or an object-store URL (s3://...)"
             )
         return cls(name, kind, location, bool(m.group("replace")), bool(m.group("ine")))
 

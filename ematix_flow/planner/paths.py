@@ -30,6 +30,13 @@ class FileAccess:
     write: bool
     node: str  # the plan node kind that touches it
 
+    @property
+    def url(self) -> str:
+        """The whole URL: ``s3://lake/t/part-0.parquet``, ``file:///tmp/x.parquet``."""
+        if "://" in self.path:
+            return self.path
+        return f"{self.store.rstrip('/')}/{self.path.lstrip('/')}"
+
 
 def file_accesses(plan: bytes) -> list[FileAccess]:
     """Every file the serialized physical plan reads (scans) or writes (sinks)."""

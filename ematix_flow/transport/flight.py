@@ -22,6 +22,7 @@ from ematix_flow.errors import (
     PlanningError,
     ProtocolError,
     QueryError,
+    StorageError,
     TaskFailedError,
     TLSError,
     first_line,
@@ -37,6 +38,7 @@ _REMOTE_ERRORS: dict[str, type[FlowError]] = {
     "TaskFailedError": TaskFailedError,
     "PeerUnreachableError": PeerUnreachableError,
     "AccessDeniedError": AccessDeniedError,
+    "StorageError": StorageError,  # a bucket this peer cannot reach (names the peer: config is per process)
     "ConfigError": ConfigError,  # e.g. a Flight SQL gateway whose catalog or peers are wrong
     "FlowError": FlowError,
 }
@@ -108,6 +110,8 @@ def _rebuild(record: ErrorRecord, address: str, what: str) -> FlowError:
         return PeerUnreachableError(f"{what} on peer {address}: {msg}", peer=record.peer)
     if cls is AccessDeniedError:
         return AccessDeniedError(f"peer {address} refused {what}: {msg}")
+    if cls is StorageError:
+        return StorageError(f"peer {address}: {msg}")
     return cls(msg)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ematix_flow.engine.tables import Registrar, register_format
+from ematix_flow.urls import is_url
 from ematix_flow.worker.policy import AccessPolicy
 
 
@@ -45,7 +46,8 @@ class Catalog:
         self._add(name, "json", path)
 
     def _add(self, name: str, kind: str, path: str) -> None:
-        self.tables[name] = Table(name, kind, str(Path(path).expanduser().resolve()))
+        where = path if is_url(path) else str(Path(path).expanduser().resolve())
+        self.tables[name] = Table(name, kind, where)
 
     def check(self, policy: AccessPolicy) -> None:
         """Refuse tables outside the worker's ``--data-root`` directories (AccessDeniedError)."""

@@ -31,9 +31,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from ematix_flow.coordinator_lib.mesh import Mesh
+from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.errors import ConfigError, FlowError, QueryError
 from ematix_flow.flightsql.ddl import CreateTable
 from ematix_flow.transport.tls import TLSConfig
+from ematix_flow.urls import is_url
 from ematix_flow.worker.catalog import Catalog, Table
 from ematix_flow.worker.policy import AccessPolicy
 
@@ -84,8 +86,10 @@ class Gateway:
         statement_ttl: float = STATEMENT_TTL,
         session_ttl: float = SESSION_TTL,
         memory_limit: int | None = None,
+        storage: StorageConfig | None = None,
     ) -> None:
         self.peers = peers
+        self.storage = storage or StorageConfig()  # the worker's: its Meshes resolve buckets with it
         self.tls = tls
         self.catalog = catalog
         self.policy = policy
@@ -106,7 +110,13 @@ class Gateway:
                 "this worker listens on a wildcard address and has no --peers: it cannot name itself to run "
                 "a query; give it --peers, or listen on a concrete address"
             )
-        mesh = Mesh(self.peers, self.tls, insecure=self.tls is None, memory_limit=self.memory_limit)
+        mesh = Mesh(
+            self.peers,
+            self.tls,
+            insecure=self.tls is None,
+            memory_limit=self.memory_limit,
+            storage=self.storage,
+        )
         try:
             self.catalog.register(mesh)
         except BaseException:
@@ -230,7 +240,7 @@ class Gateway:
             return
         if exists and not create.replace:
             raise QueryError(f"table {name} already exists (CREATE OR REPLACE EXTERNAL TABLE replaces it)")
-        if not os.path.exists(create.location):
+        if not is_url(create.location) and not os.path.exists(create.location):
             raise QueryError(
                 f"CREATE EXTERNAL TABLE {name}: no such file or directory here: {create.location}"
             )

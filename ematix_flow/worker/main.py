@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from ematix_flow.engine import layout
 from ematix_flow.engine.digest import hash_digest
+from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.engine.tables import register_all
 from ematix_flow.errors import ConfigError, FlowError, first_line
 from ematix_flow.logs import LogFormat, setup_logging
@@ -76,20 +77,28 @@ def _split_peers(value: str) -> list[str]:
     "--data-root",
     "data_roots",
     multiple=True,
-    type=click.Path(file_okay=False),
-    help="Tasks may read and write files only under this directory (repeatable) [anywhere].",
+    metavar="DIR|URL",
+    help="Tasks may read and write only under this directory or URL prefix, e.g. s3://lake/data/ "
+    "(repeatable) [anywhere].",
+)
+@click.option(
+    "--storage",
+    type=click.Path(dir_okay=False),
+    envvar="FLOW_STORAGE",
+    help="TOML of object-store buckets (endpoint, region, credentials as ${ENV}) [the AWS_* / "
+    "GOOGLE_* / AZURE_* environment].",
 )
 @click.option(
     "--table",
     "tables",
     multiple=True,
-    metavar="NAME=PATH",
+    metavar="NAME=PATH|URL",
     help="A table Flight SQL clients and flow sql --via can query (repeatable); as for flow sql.",
 )
 @click.option(
     "--tables-dir",
-    type=click.Path(),
-    help="Serve every Parquet/CSV/JSON file or folder in DIR as a table (named after it).",
+    metavar="DIR|URL",
+    help="Serve every Parquet/CSV/JSON file or folder in DIR (or under a URL prefix) as a table.",
 )
 @click.option("--allow-udfs", is_flag=True, help="Run plans that carry Python UDFs (code from submitters).")
 @click.option("--insecure", is_flag=True, help="Serve plaintext gRPC without TLS (testing only).")
@@ -132,6 +141,7 @@ def worker(
     work_dir: str | None,
     allow_peers: tuple[str, ...],
     data_roots: tuple[str, ...],
+    storage: str | None,
     tables: tuple[str, ...],
     tables_dir: str | None,
     allow_udfs: bool,
@@ -159,8 +169,9 @@ def worker(
             max_disk=parse_size(max_disk, "--max-disk") if max_disk else None,
         )
         policy = AccessPolicy.create(allow_peers, data_roots, allow_udfs)
+        storage_config = StorageConfig.load(storage)
         catalog = Catalog()
-        register_all(catalog, tables, tables_dir)  # the rules of flow sql's --table / --tables-dir
+        register_all(catalog, tables, tables_dir, storage_config)  # flow sql's --table / --tables-dir rules
         catalog.check(policy)
         _check_plaintext(listen, insecure, insecure_i_know, policy)
         if http_listen:
@@ -168,7 +179,17 @@ def worker(
         if advertise is not None:
             _check_address(advertise, "--advertise")
         server = _start(
-            listen, peers, tls_dir, tls_name, work_dir, insecure, limits, policy, catalog, advertise
+            listen,
+            peers,
+            tls_dir,
+            tls_name,
+            work_dir,
+            insecure,
+            limits,
+            policy,
+            catalog,
+            advertise,
+            storage_config,
         )
     except FlowError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -190,6 +211,7 @@ def worker(
     signal.signal(signal.SIGINT, on_signal)
     scheme = "grpc" if insecure else "grpc+tls"
     log.info("access: %s", policy.describe())
+    log.info("storage: %s", storage_config.describe())
     if catalog.tables:
         log.info("catalog (Flight SQL, flow sql --via): %s", ", ".join(catalog.names))
     if not data_roots:
@@ -230,6 +252,7 @@ def _start(
     policy: AccessPolicy,
     catalog: Catalog,
     advertise: str | None = None,
+    storage: StorageConfig | None = None,
 ) -> WorkerServer:
     from ematix_flow.worker.server import WorkerServer
 
@@ -262,6 +285,7 @@ def _start(
             policy=policy,
             catalog=catalog,
             advertise=advertise or "",
+            storage=storage,
         )
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)  # a worker that never served leaves nothing behind

@@ -18,6 +18,7 @@ from ematix_flow.engine.digest import hash_digest
 from ematix_flow.engine.exchange import host_id
 from ematix_flow.engine.run import is_panic
 from ematix_flow.engine.settings import execution_context
+from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.engine.tasks import TaskRunner
 from ematix_flow.errors import (
     AccessDeniedError,
@@ -92,6 +93,7 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         policy: AccessPolicy | None = None,
         catalog: Catalog | None = None,
         advertise: str = "",
+        storage: StorageConfig | None = None,
     ) -> None:
         """Serve on ``listen``; ``advertise`` is the address peers know it by (default: ``listen``'s)."""
         kwargs: dict[str, Any] = flight_server_kwargs(tls) if tls else {}
@@ -106,12 +108,13 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         self.pool = ClientPool(tls)
         self.limits = limits or WorkerLimits()
         self.policy = policy or AccessPolicy()
+        self.storage = storage or StorageConfig()  # this worker's buckets: plans name URLs only
         ctx = execution_context(
             memory_limit=self.limits.memory_limit,
             spill_dir=str(work_dir / layout.SPILL_DIR),
             allow_udfs=self.policy.allow_udfs,
         )
-        self.runner = TaskRunner(ctx, self.pool, work_dir, fetch_timeout=300.0)
+        self.runner = TaskRunner(ctx, self.pool, work_dir, fetch_timeout=300.0, storage=self.storage)
         self.admission = Admission(self.limits.max_tasks, self.limits.max_disk, self.store.used_bytes)
         self._stop = threading.Event()
         self.meter = ProcessMeter()
@@ -125,7 +128,12 @@ class WorkerServer(flight.FlightServerBase):  # type: ignore[misc]
         wildcard = host.strip("[]") in ("0.0.0.0", "::", "") and not advertise  # cannot name itself
         mesh_peers = ([] if wildcard else [self.address]) + [p for p in self.peers if p != self.address]
         self.gateway = Gateway(
-            mesh_peers, tls, self.catalog, self.policy, memory_limit=self.limits.memory_limit
+            mesh_peers,
+            tls,
+            self.catalog,
+            self.policy,
+            memory_limit=self.limits.memory_limit,
+            storage=self.storage,
         )
         self.flight_sql = FlightSqlService(
             self.gateway, lambda rpc, name: self.metrics.flight_sql.labels(rpc=rpc, command=name).inc()

@@ -1,0 +1,51 @@
+"""Listing object-store prefixes (``--tables-dir s3://...``, a folder URL's format) with pyarrow.fs."""
+
+from __future__ import annotations
+
+import pyarrow.fs as pafs
+
+from ematix_flow.engine.storage import StorageConfig
+from ematix_flow.engine.stores import filesystem, storage_failure
+from ematix_flow.errors import StorageError, first_line
+from ematix_flow.urls import parse_url
+
+
+def entries(prefix: str, storage: StorageConfig) -> list[tuple[str, bool]]:
+    """The direct children of a URL prefix, sorted: (URL, is a folder).
+
+    Raises:
+        StorageError: the bucket is not configured or cannot be listed; the prefix holds nothing.
+    """
+    infos = _list(prefix, storage, recursive=False)
+    loc = parse_url(prefix)
+    if not infos:
+        raise StorageError(f"--tables-dir {prefix}: nothing under that prefix (check the URL)")
+    root = loc.bucket.split("@", 1)[0]
+    out = []
+    for info in sorted(infos, key=lambda i: i.path):
+        key = info.path[len(root) + 1 :] if info.path.startswith(root + "/") else info.path
+        out.append((f"{loc.store_url}/{key}", info.type == pafs.FileType.Directory))
+    return out
+
+
+def files(prefix: str, storage: StorageConfig) -> list[str]:
+    """The paths of every file under a URL prefix (recursively).
+
+    Raises:
+        StorageError: the bucket is not configured or cannot be listed.
+    """
+    return [i.path for i in _list(prefix, storage, recursive=True) if i.type == pafs.FileType.File]
+
+
+def _list(prefix: str, storage: StorageConfig, *, recursive: bool) -> list[pafs.FileInfo]:
+    loc = parse_url(prefix)
+    fs, path = filesystem(loc, storage)
+    try:
+        infos: list[pafs.FileInfo] = fs.get_file_info(
+            pafs.FileSelector(path, recursive=recursive, allow_not_found=True)
+        )
+    except OSError as exc:
+        raise storage_failure(str(exc), [loc.store_url]) or StorageError(
+            f"{prefix}: cannot list it ({first_line(exc, 200)})"
+        ) from None
+    return infos

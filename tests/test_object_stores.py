@@ -1,0 +1,174 @@
+"""Tables in an S3 bucket (a private moto server on 127.0.0.1) on a real 3-peer mTLS mesh.
+
+Every process resolves the bucket from its own configuration (``--storage`` / ``Mesh(storage=)``,
+or the AWS environment); plans carry URLs only. The answers equal DataFusion over local files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from s3server import S3Server
+from support import TASK_TIMEOUT, local_mesh, spawned_workers_with
+
+from ematix_flow import Mesh
+from ematix_flow.errors import AccessDeniedError, StorageError
+from ematix_flow.transport.tls import TLSConfig
+from ematix_flow.workloads import tpch
+from ematix_flow.workloads.compare import compare_tables, query_is_ordered
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+SECRET_ENV = "FLOW_TEST_S3_SECRET"
+BUCKET = "tpch"
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server: S3Server, tpch_data: Path) -> str:
+    """TPC-H SF 0.1 copied to s3://tpch/sf0.1/ (one Parquet file per table); returns the prefix URL."""
+    s3_server.upload(BUCKET, tpch_data, "sf0.1")
+    s3_server.client().create_bucket(Bucket="lake")
+    return f"s3://{BUCKET}/sf0.1/"
+
+
+@pytest.fixture(scope="module")
+def secret(s3_server: S3Server) -> Iterator[str]:
+    """The secret, in the environment variable the --storage files refer to (workers inherit it)."""
+    os.environ[SECRET_ENV] = s3_server.secret
+    yield s3_server.secret
+    os.environ.pop(SECRET_ENV, None)
+
+
+@pytest.fixture(scope="module")
+def storage(s3_server: S3Server, secret: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A --storage file for the buckets tpch and lake (the secret as a ${ENV} reference)."""
+    return s3_server.storage_file(
+        tmp_path_factory.mktemp("storage") / "storage.toml", [BUCKET, "lake"], SECRET_ENV
+    )
+
+
+@pytest.fixture(scope="module")
+def s3_mesh(bucket: str, storage: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """Three local workers and a submitter, all with the --storage file; TPC-H registered by URL."""
+    base = tmp_path_factory.mktemp("s3-mesh")
+    with local_mesh(workers=3, min_task_bytes=1, work_dir=base, storage=storage) as mesh:
+        for name in tpch.TABLES:
+            mesh.register_parquet(name, f"{bucket}{name}.parquet")
+        yield mesh
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", range(1, 23))
+def test_tpch_from_a_bucket_equals_datafusion_over_local_files(
+    s3_mesh: Mesh, reference: Callable[[str], pa.Table], n: int
+) -> None:
+    sql = tpch.query(n)
+    got = s3_mesh.sql(sql)
+    diff = compare_tables(got, reference(sql), ordered=query_is_ordered(sql))
+    assert diff is None, f"q{n:02d}: {diff}"
+    report = s3_mesh.last_run
+    assert report is not None and report.graph is not None  # it ran on the peers, not in-process
+    assert len(report.peers_used) > 1
+
+
+def test_a_folder_url_and_the_environment_alone_serve_a_table(
+    s3_server: S3Server, tmp_path: Path, reference: Callable[[str], pa.Table]
+) -> None:
+    """No --storage anywhere: the submitter and the workers read the standard AWS environment."""
+    folder = tmp_path / "orders"
+    folder.mkdir()
+    orders = reference("SELECT * FROM orders ORDER BY o_orderkey")
+    for i, start in enumerate(range(0, orders.num_rows, 50_000)):
+        pq.write_table(orders.slice(start, 50_000), folder / f"part-{i}.parquet")
+    s3_server.upload("envonly", folder, "orders")
+    saved = {k: os.environ.get(k) for k in s3_server.env()}
+    os.environ.update(s3_server.env())
+    try:
+        with local_mesh(workers=3, min_task_bytes=1, work_dir=tmp_path) as mesh:
+            mesh.register_parquet("orders", "s3://envonly/orders")  # a folder: the / is added
+            sql = "SELECT o_orderstatus, count(*) AS n, sum(o_totalprice) AS total FROM orders GROUP BY 1"
+            diff = compare_tables(mesh.sql(sql), reference(sql), ordered=False)
+            assert diff is None, diff
+            assert mesh.last_run is not None and len(mesh.last_run.peers_used) > 1
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_a_bucket_nobody_configured_is_named_with_what_to_add(s3_mesh: Mesh) -> None:
+    with pytest.raises(StorageError) as info:
+        s3_mesh.register_parquet("t", "s3://nobody-configured/t.parquet")
+    text = str(info.value)
+    assert "s3://nobody-configured/" in text and "[s3.nobody-configured]" in text and "--storage" in text
+
+
+def test_a_peer_without_the_bucket_fails_naming_the_peer_and_the_url(
+    s3_server: S3Server, bucket: str, storage: Path, secret: str, certs_dir: Path, tmp_path: Path
+) -> None:
+    """The submitter can read s3://tpch, the peers were started without any storage for it."""
+    bare = tmp_path / "bare.toml"
+    s3_server.storage_file(bare, ["lake"], SECRET_ENV)
+    with spawned_workers_with(2, certs_dir, tmp_path / "work", ["--storage", str(bare)]) as workers:
+        tls = TLSConfig.from_dir(certs_dir)
+        addresses = [w.address for w in workers]
+        with Mesh(addresses, tls, storage=storage, min_task_bytes=1, task_timeout=TASK_TIMEOUT) as mesh:
+            mesh.register_parquet("lineitem", f"{bucket}lineitem.parquet")
+            with pytest.raises(StorageError) as info:
+                mesh.sql("SELECT l_returnflag, count(*) FROM lineitem GROUP BY 1")
+    text = str(info.value)
+    assert "s3://tpch/" in text and "[s3.tpch]" in text
+    assert any(a in text for a in addresses), text
+    assert s3_server.secret not in text
+
+
+def test_wrong_credentials_name_the_bucket_never_the_secret(
+    s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    wrong = tmp_path / "wrong.toml"
+    os.environ["FLOW_TEST_WRONG_SECRET"] = "not-the-secret-0123456789"
+    try:
+        s3_server.storage_file(wrong, [BUCKET], "FLOW_TEST_WRONG_SECRET")
+        with local_mesh(workers=2, min_task_bytes=1, work_dir=tmp_path, storage=wrong) as mesh:
+            with pytest.raises(StorageError) as info:
+                mesh.register_parquet("lineitem", f"{bucket}lineitem.parquet")
+    finally:
+        os.environ.pop("FLOW_TEST_WRONG_SECRET", None)
+    text = str(info.value)
+    assert "s3://tpch/" in text and "refused the credentials" in text  # a HEAD's 403 has no S3 code
+    assert "not-the-secret" not in text and s3_server.secret not in text
+    assert "not-the-secret" not in repr(mesh.storage)
+
+
+def test_a_url_outside_the_data_root_is_refused(
+    s3_server: S3Server,
+    bucket: str,
+    storage: Path,
+    secret: str,
+    certs_dir: Path,
+    tmp_path: Path,
+    tpch_data: Path,
+) -> None:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    shutil.copy(tpch_data / "lineitem.parquet", allowed)
+    s3_server.upload("lake", allowed, "allowed")
+    flags = ["--storage", str(storage), "--data-root", "s3://lake/allowed", "--data-root", str(tmp_path)]
+    with spawned_workers_with(2, certs_dir, tmp_path / "work", flags) as workers:
+        tls = TLSConfig.from_dir(certs_dir)
+        with Mesh([w.address for w in workers], tls, storage=storage, min_task_bytes=1) as mesh:
+            mesh.register_parquet("lineitem", "s3://lake/allowed/lineitem.parquet")
+            n = mesh.sql("SELECT count(*) AS n FROM lineitem WHERE l_quantity > 10").column("n")[0].as_py()
+            assert n > 0
+            mesh.register_parquet("orders", f"{bucket}orders.parquet")
+            with pytest.raises(AccessDeniedError, match=r"s3://tpch/sf0\.1/orders\.parquet is outside"):
+                mesh.sql("SELECT o_orderstatus, count(*) FROM orders GROUP BY 1")
