@@ -210,11 +210,14 @@ class QueryDriver:
         self.options = options
         self.t0, self.timeout, self.deadline = t0, timeout, deadline
         self.hook, self.stop, self.publish = hook, stop, publish
+        self.states: list[QueryState] = []  # one per plan tried (a re-plan makes another)
+        self.ran_in_process = False  # the plan ran uncut here (the adaptive gate, or past MAX_REPLANS)
 
     # ------------------------------------------------------------------ the two ways to run
     def in_process(self, reason: str) -> Generator[pa.RecordBatch, None, None]:
         """Run the whole plan here (the adaptive gate): no stages, no peers; ``reason`` says why."""
         planned = self.planned
+        self.ran_in_process = True
         report = RunReport(uuid.uuid4().hex, planned.sql, [], schema=planned.logical_schema)
         report.note = reason
         progress = _Progress(self.hook, None, report, self.t0)
@@ -307,7 +310,9 @@ class QueryDriver:
             offset=self.sub.queries,
             max_attempts=self.options.max_attempts,
             down=set(members.down),
+            write=planned.write,
         )
+        self.states.append(state)
         stages = [StageReport(s.id, s.kind, inputs=[i.stage for i in s.inputs]) for s in planned.graph.stages]
         report = RunReport(
             query_id, self.sql, stages, schema=planned.logical_schema, kept=dict(keep), graph=planned.graph

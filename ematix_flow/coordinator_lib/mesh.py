@@ -27,6 +27,7 @@ from ematix_flow.coordinator_lib.planning import PlannedQuery, dataframe, plan_q
 from ematix_flow.coordinator_lib.progress import ProgressHook
 from ematix_flow.coordinator_lib.report import RunReport, render_graph
 from ematix_flow.coordinator_lib.subqueries import check_rows
+from ematix_flow.coordinator_lib.writes import Written, run_write
 from ematix_flow.engine import layout, stores
 from ematix_flow.engine.settings import execution_context, planning_context
 from ematix_flow.engine.storage import StorageConfig
@@ -377,7 +378,15 @@ class Mesh:
         if self._runs_locally(planned):
             yield from driver.in_process(self._local_reason(planned))
             return
+        if planned.write is not None:
+            yield from run_write(driver, planned.write, self.storage, self._written)
+            return
         yield from driver.batches()
+
+    def _written(self, written: Written) -> None:
+        if self.last_run is not None:
+            self.last_run.files_written = written.files
+            self.last_run.rows = 1  # the answer: one row, the rows written (the root saw one per task)
 
     def _publish(self, report: RunReport) -> None:
         self.last_run = report

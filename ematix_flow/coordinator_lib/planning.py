@@ -12,8 +12,10 @@ from datafusion.plan import ExecutionPlan
 
 from ematix_flow.coordinator_lib import subqueries
 from ematix_flow.coordinator_lib.codec import codec_problem, node_infos
-from ematix_flow.errors import QueryError, UnknownFieldError
+from ematix_flow.engine.stores import storage_failure
+from ematix_flow.errors import FlowError, QueryError, UnknownFieldError
 from ematix_flow.planner.stages import StageGraph, build_graph
+from ematix_flow.planner.writes import WriteTarget, plan_write
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ class PlannedQuery:
     planned_in: SessionContext | None = None  # set when not planned in the Mesh's context (subqueries.py)
     row_check: subqueries.RowCheck | None = None  # subqueries to check for a second row before running
     lines: tuple[str, ...] = ()  # every node's display line, pre-order (to match EXPLAIN's plan to it)
+    write: WriteTarget | None = None  # the files it writes: by the tasks of one stage, staged
 
     @property
     def scan_bytes(self) -> int:
@@ -52,7 +55,10 @@ def one_line(text: str) -> str:
     return line[:400]
 
 
-def _sql_error(exc: Exception) -> QueryError:
+def _sql_error(exc: Exception) -> FlowError:
+    failure = storage_failure(str(exc), ())  # a store that refused or did not answer: not the SQL
+    if failure is not None:
+        return failure
     return QueryError(f"invalid query: {one_line(str(exc)) or type(exc).__name__}")
 
 
@@ -104,9 +110,17 @@ def plan_query(ctx: SessionContext, sql: str, keep: dict[int, str] | None = None
             if planned_in is not None:
                 keep = {**subqueries.exchanges_to_keep(planned_in, plan_bytes, infos), **(keep or {})}
             graph = build_graph(plan_bytes, infos, keep)
+            write = plan_write(graph)
             lines = tuple(i.line for i in infos)
             return PlannedQuery(
-                sql, graph, df.schema(), plan_bytes, planned_in=planned_in, row_check=row_check, lines=lines
+                sql,
+                graph,
+                df.schema(),
+                plan_bytes,
+                planned_in=planned_in,
+                row_check=row_check,
+                lines=lines,
+                write=write,
             )
     except UnknownFieldError as exc:
         log.warning("a plan the walker cannot cut runs in-process: %s", exc)

@@ -210,6 +210,7 @@ class RunReport:
     retries: int = 0  # tasks run again because a peer died
     peers_lost: list[str] = field(default_factory=list)
     graph: StageGraph | None = field(default=None, repr=False)  # the stage graph that ran (None: in-process)
+    files_written: list[str] = field(default_factory=list)  # what a distributed write published (URLs)
 
     @property
     def peers_used(self) -> set[str]:
@@ -242,7 +243,8 @@ class RunReport:
         """The run as plain JSON-able values: a stable shape for tools.
 
         ``{"query_id", "sql", "seconds", "rows", "distributed", "peers", "note", "retries",
-        "peers_lost", "replanned", "stages": [{"id", "kind", "inputs", "tasks", "peers", "rows",
+        "peers_lost", "replanned", "files_written", "stages": [{"id", "kind", "inputs", "tasks",
+        "peers", "rows",
         "bytes_written", "bytes_read", "bytes_fetched", "seconds", "started", "failures",
         "task_runs": [{"task", "peer", "attempt", "rows", "bytes_written", "bytes_read",
         "bytes_fetched", "seconds"}]}]}``: stages by id, the root last (run on the submitter:
@@ -261,6 +263,7 @@ class RunReport:
             "retries": self.retries,
             "peers_lost": list(self.peers_lost),
             "replanned": sorted(set(self.kept.values())),
+            "files_written": list(self.files_written),
             "stages": [s.to_dict() for s in self.stages],
         }
 
@@ -270,6 +273,8 @@ class RunReport:
         lines = [f"{head} {self.rows} rows in {self.seconds:.3f}s{where}"]
         if self.note:
             lines.append(f"  {self.note}")
+        if self.files_written:
+            lines.append(f"  wrote {len(self.files_written)} files, e.g. {self.files_written[0]}")
         if self.retries:
             lost = ", ".join(self.peers_lost)
             lines.append(f"  {self.retries} tasks re-run after peers were lost: {lost}")

@@ -24,6 +24,7 @@ from ematix_flow.engine.exchange import merge_nullability
 from ematix_flow.errors import PeerUnreachableError
 from ematix_flow.planner.slicing import Parts, TaskSlice, plan_tasks, slice_stage
 from ematix_flow.planner.stages import Stage, StageGraph, StageInput
+from ematix_flow.planner.writes import WriteTarget, wrap
 from ematix_flow.transport.messages import SQL_INFO_CHARS, OutputRef, TaskResult, TaskSpec
 
 
@@ -71,6 +72,7 @@ class _Slot:
     failures: int = 0  # launches that failed (a completed task whose outputs were lost is not one)
     result: TaskResult | None = None
     peers_tried: list[str] = field(default_factory=list)
+    done_attempt: int = 0  # the attempt whose result is kept (a write publishes that attempt's files)
 
 
 @dataclass
@@ -104,8 +106,10 @@ class QueryState:
         down: set[str] | None = None,
         sql: str = "",
         clock: Callable[[], float] = time.perf_counter,
+        write: WriteTarget | None = None,
     ) -> None:
         self.query_id = query_id
+        self.write = write  # the stage whose tasks write files, each attempt to a staging prefix
         self.info: dict[str, object] = {
             "sql": sql[:SQL_INFO_CHARS],
             "stages": [
@@ -249,7 +253,7 @@ class QueryState:
             return  # a stale attempt (its peer was declared down meanwhile)
         now = self.clock()
         self._touch(a.stage, now)
-        slot.state, slot.result = "done", result
+        slot.state, slot.result, slot.done_attempt = "done", result, a.attempt
         if result.schema is not None:
             run.schema = result.schema if run.schema is None else merge_nullability(run.schema, result.schema)
             run.names = run.names or result.names
@@ -305,6 +309,12 @@ class QueryState:
         if self.root_attempts > self.max_attempts or not self.live_peers:
             raise error
 
+    def written_attempts(self) -> dict[int, int]:
+        """Task -> the attempt whose files a write publishes (every task of the write stage is done)."""
+        if self.write is None:
+            return {}
+        return {t: s.done_attempt for t, s in enumerate(self.runs[self.write.stage].slots)}
+
     def peer_down(self, peer: str) -> None:
         """Forget everything ``peer`` held: its finished outputs are re-made elsewhere (lineage)."""
         if peer in self.down or peer not in self.load:
@@ -326,7 +336,10 @@ class QueryState:
         slot.attempts += 1
         slot.peers_tried.append(peer)
         inputs = self._inputs(stage, slot.slice.inputs)
-        spec = TaskSpec(self.query_id, stage.id, t, slot.slice.plan, inputs, self.local_reads, self.info)
+        plan = slot.slice.plan
+        if self.write is not None and stage.id == self.write.stage:
+            plan = wrap(self.write, plan, self.write.staging(self.query_id, t, slot.attempts))
+        spec = TaskSpec(self.query_id, stage.id, t, plan, inputs, self.local_reads, self.info)
         now = self.clock()
         self._touch(stage.id, now)
         return Assignment(stage.id, t, peer, slot.parts, spec, slot.attempts, now, _input_bytes(inputs))

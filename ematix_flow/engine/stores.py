@@ -187,7 +187,7 @@ def storage_failure(text: str, stores: Iterable[str]) -> StorageError | None:
     """
     if not _STORE_FAILURE.search(text):
         return None
-    where = ", ".join(f"{s}/" for s in sorted(set(stores))) or "the object store"
+    where = ", ".join(f"{s}/" for s in sorted(set(stores))) or _where(text)
     code = _S3_CODE.search(text)
     if (code and code.group(1) in _CREDENTIAL_CODES) or "403 Forbidden" in text or "ACCESS_DENIED" in text:
         what = code.group(1) if code else "403 Forbidden"
@@ -206,6 +206,15 @@ def storage_failure(text: str, stores: Iterable[str]) -> StorageError | None:
             f"{where} did not answer ({_reason(text)}): check the endpoint and that the store is up"
         )
     return StorageError(f"{where}: {first_line(text, 240)}")
+
+
+def _where(text: str) -> str:
+    """The object store an engine message names by its HTTP URL (query strings, which may sign, cut)."""
+    m = _HTTP_URL.search(text)
+    return f"the object store at {m.group(1)}" if m else "the object store"
+
+
+_HTTP_URL = re.compile(r"(https?://[^\s?]+)")
 
 
 def _reason(text: str) -> str:
