@@ -67,6 +67,7 @@ OPTIONS: dict[str, frozenset[str]] = {
     ),
 }
 SECRETS = frozenset({"secret_access_key", "session_token", "access_key", "bearer_token", "client_secret"})
+_KEY_IDS = frozenset({"access_key_id", "client_id"})
 _FLAGS = frozenset({"allow_http", "virtual_hosted_style", "skip_signature", "use_emulator"})
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 #: Environment variables that make a cloud usable without a --storage entry (credentials or none needed).
@@ -107,12 +108,21 @@ class BucketConfig:
     options: Mapping[str, str | bool] = field(default_factory=dict)
 
     def describe(self) -> str:
-        """``s3.lake: endpoint=http://..., region=..., secret_access_key=***``: secrets hidden."""
-        shown = ", ".join(f"{k}={'***' if k in SECRETS else v}" for k, v in sorted(self.options.items()))
+        """``s3.lake (endpoint=http://..., access_key_id=***34, secret_access_key=***)``: secrets hidden."""
+        shown = ", ".join(f"{k}={_shown(k, v)}" for k, v in sorted(self.options.items()))
         return f"{self.cloud}.{self.bucket}" + (f" ({shown})" if shown else "")
 
     def __repr__(self) -> str:
         return f"BucketConfig({self.describe()})"
+
+
+def _shown(key: str, value: str | bool) -> str:
+    """An option as logs and errors may show it: secrets as ``***``, key ids by their last two characters."""
+    if key in SECRETS:
+        return "***"
+    if key in _KEY_IDS and isinstance(value, str):
+        return "***" + value[-2:]
+    return str(value)
 
 
 class StorageConfig:
