@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
             help=f"run {' vs '.join(SCALING)} instead of --engines (pins CPUs; writes *_scaling.*)",
         )
         p.add_argument("--no-chart", action="store_true", help="skip the PNG")
+        p.add_argument(
+            "--storage",
+            choices=["local", "s3"],
+            default="local",
+            help="s3: also run mesh-s3 (the data in a moto S3 server on loopback) beside mesh on local files",
+        )
     p = sub.add_parser("publish", help="copy results into docs/bench and paste the tables into the doc")
     p.add_argument("stems", nargs="+", help="e.g. tpch_sf1 tpch_sf1_scaling")
     p.add_argument("--results", type=Path, default=Path("results"))
@@ -119,6 +125,8 @@ def run(args: argparse.Namespace) -> tuple[Meta, list[QueryResult]]:
     """
     suite = SUITES[args.command]
     names = list(SCALING) if args.scaling else registry.parse_names(args.engines)
+    if getattr(args, "storage", "local") == "s3" and "mesh-s3" not in names:
+        names.insert(names.index("mesh") + 1 if "mesh" in names else 0, "mesh-s3")
     queries = suite.select(args.queries)
     data: Path = args.data or suite.default_data_dir(args.sf)
     suite.generate(args.sf, data)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from s3server import S3Server
 from support import local_mesh
 
+from bench.s3server import S3Server
 from ematix_flow import Mesh
 from ematix_flow.errors import FlowError, StorageError
 from ematix_flow.workloads.compare import compare_tables

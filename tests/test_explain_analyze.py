@@ -23,7 +23,7 @@ Q09_FILE = tpch.query_dir() / "q09.sql"
 STAGE_KEYS = {"id", "kind", "inputs", "tasks", "peers", "rows", "bytes_written", "bytes_read"}
 STAGE_KEYS |= {"bytes_fetched", "seconds", "started", "failures", "task_runs"}
 RUN_KEYS = {"query_id", "sql", "seconds", "rows", "distributed", "peers", "note", "retries", "peers_lost"}
-RUN_KEYS |= {"replanned", "stages"}
+RUN_KEYS |= {"replanned", "files_written", "stages"}
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from s3server import S3Server
-from support import TASK_TIMEOUT, local_mesh, spawned_workers_with
+from support import TASK_TIMEOUT, clean_env, executable, local_mesh, spawned_workers_with
 
+from bench.s3server import S3Server
 from ematix_flow import Mesh
 from ematix_flow.errors import AccessDeniedError, StorageError
 from ematix_flow.transport.tls import TLSConfig
@@ -172,3 +173,70 @@ def test_a_url_outside_the_data_root_is_refused(
             mesh.register_parquet("orders", f"{bucket}orders.parquet")
             with pytest.raises(AccessDeniedError, match=r"s3://tpch/sf0\.1/orders\.parquet is outside"):
                 mesh.sql("SELECT o_orderstatus, count(*) FROM orders GROUP BY 1")
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def _flow(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [executable("flow"), *args],
+        capture_output=True,
+        text=True,
+        timeout=TASK_TIMEOUT,
+        cwd=cwd,
+        env=clean_env(TMPDIR=str(cwd), **env),
+    )
+
+
+def test_the_cli_generates_into_a_bucket_and_queries_it_by_prefix(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    s3_server.client().create_bucket(Bucket="gen")
+    env = s3_server.env()
+    made = _flow("tpch", "gen", "--sf", "0.01", "--out", "s3://gen/sf0.01", cwd=tmp_path, env=env)
+    assert made.returncode == 0, made.stderr[-800:]
+    assert "s3://gen/sf0.01/lineitem.parquet" in made.stdout
+    local = _flow("tpch", "gen", "--sf", "0.01", "--out", str(tmp_path / "local"), cwd=tmp_path, env=env)
+    assert local.returncode == 0, local.stderr[-800:]
+    sql = "SELECT n_name, count(*) AS n FROM nation JOIN supplier ON s_nationkey = n_nationkey GROUP BY 1"
+    answers = []
+    for tables in (["--tables-dir", "s3://gen/sf0.01/"], ["--tables-dir", str(tmp_path / "local")]):
+        ran = _flow("sql", "--local", "2", *tables, "--format", "csv", sql, cwd=tmp_path, env=env)
+        assert ran.returncode == 0, ran.stderr[-800:]
+        answers.append(sorted(ran.stdout.splitlines()))
+    assert answers[0] == answers[1] and len(answers[0]) == 26
+    one = _flow(
+        "sql", "--local", "2", "--table", "r=s3://gen/sf0.01/region.parquet", "--format", "csv",
+        "SELECT count(*) AS n FROM r", cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert one.returncode == 0 and one.stdout.split() == ['"n"', "5"], one.stderr[-800:]
+
+
+def test_the_cli_says_in_one_line_that_the_credentials_were_refused(
+    s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    env = {**s3_server.env(), "AWS_SECRET_ACCESS_KEY": "wrong-secret-abcdef"}
+    ran = _flow(
+        "sql", "--local", "1", "--table", f"l={bucket}lineitem.parquet", "SELECT 1", cwd=tmp_path, env=env
+    )
+    assert ran.returncode != 0
+    lines = ran.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), ran.stderr[-800:]
+    assert "s3://tpch/" in lines[0] and "refused the credentials" in lines[0]
+    assert "wrong-secret" not in ran.stderr and s3_server.secret not in ran.stderr
+
+
+def test_a_peer_serves_bucket_tables_to_submitters_without_credentials(
+    s3_server: S3Server, bucket: str, storage: Path, secret: str, certs_dir: Path, tmp_path: Path,
+    reference: Callable[[str], pa.Table],
+) -> None:  # fmt: skip
+    """Mesh(via=...) from a process with no storage at all: the peer resolves the bucket."""
+    flags = ["--storage", str(storage), "--table", f"lineitem={bucket}lineitem.parquet"]
+    with spawned_workers_with(2, certs_dir, tmp_path / "work", flags) as workers:
+        tls = TLSConfig.from_dir(certs_dir)
+        with Mesh([w.address for w in workers], tls, via=workers[0].address) as mesh:
+            mesh.register_parquet("orders", f"{bucket}orders.parquet")  # CREATE EXTERNAL TABLE on the peer
+            sql = (
+                "SELECT o_orderpriority, count(*) AS n FROM orders JOIN lineitem ON o_orderkey = l_orderkey "
+                "GROUP BY 1"
+            )
+            assert compare_tables(mesh.sql(sql), reference(sql), ordered=False) is None

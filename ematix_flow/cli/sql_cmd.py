@@ -199,6 +199,8 @@ def sql(
             where = f"on {n} peer{'' if n == 1 else 's'}" if run and run.distributed else "on the submitter"
             where = f"planned and driven by {mesh.via}" if mesh.via else where
             click.echo(f"{rows} rows in {time.perf_counter() - t0:.2f}s ({where})", err=True)
+            if run and run.files_written:
+                click.echo(f"wrote {len(run.files_written)} files, e.g. {run.files_written[0]}", err=True)
 
 
 def _write(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
 import click
 
+from ematix_flow.engine.objects import upload
+from ematix_flow.engine.storage import StorageConfig
+from ematix_flow.urls import is_url
 from ematix_flow.workloads import tpch as _tpch
 
 
@@ -19,14 +23,30 @@ def tpch() -> None:
 @click.option("--sf", type=float, default=0.1, show_default=True, help="Scale factor (1 = SF 1).")
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    "--output",
+    metavar="DIR|URL",
     default=None,
-    help="Output folder [default: data/tpch-sf{SF}].",
+    help="Output folder, or a URL prefix such as s3://bucket/tpch-sf1/ [default: data/tpch-sf{SF}].",
+)
+@click.option(
+    "--storage",
+    type=click.Path(dir_okay=False),
+    envvar="FLOW_STORAGE",
+    help="TOML of object-store buckets, for a URL --out [the AWS_* / GOOGLE_* / AZURE_* environment].",
 )
 @click.option("--force", is_flag=True, help="Regenerate even if the folder already holds all 8 tables.")
-def gen(sf: float, out: Path | None, force: bool) -> None:
-    """Write one Parquet file per TPC-H table (region ... lineitem) with tpchgen-cli."""
-    target = out if out is not None else _tpch.default_data_dir(sf)
+def gen(sf: float, out: str | None, storage: str | None, force: bool) -> None:
+    """Write one Parquet file per TPC-H table (region ... lineitem) with tpchgen-cli.
+
+    \b
+    Examples:
+      flow tpch gen --sf 1
+      flow tpch gen --sf 1 --out s3://lake/tpch-sf1/
+    """  # noqa: D301
+    if out is not None and is_url(out):
+        _gen_to_url(sf, out, StorageConfig.load(storage))
+        return
+    target = Path(out) if out is not None else _tpch.default_data_dir(sf)
     if not force and _tpch.is_generated(target):
         click.echo(f"{target}: all {len(_tpch.TABLES)} tables already present (use --force to regenerate)")
         return
@@ -52,6 +72,22 @@ def list_queries(show: str | None) -> None:
         return
     for name, sql in _tpch.queries().items():
         click.echo(f"{name}  {_summary(sql)}")
+
+
+def _gen_to_url(sf: float, url: str, storage: StorageConfig) -> None:
+    """Generate into a local temporary folder, then copy each table to ``url``."""
+    click.echo(f"generating TPC-H SF {sf:g} for {url} ...")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="flow-tpch-") as tmp:
+        local = _tpch.generate(sf, Path(tmp) / "data")
+        files = [local / f"{name}.parquet" for name in _tpch.TABLES]
+        total = 0
+        for f, written in zip(files, upload(files, url, storage), strict=True):
+            size = f.stat().st_size
+            total += size
+            click.echo(f"  {written}  {_megabytes(size)}")
+    seconds = time.perf_counter() - started
+    click.echo(f"wrote {len(files)} tables ({_megabytes(total)}) in {seconds:.1f} s")
 
 
 def _megabytes(size: int) -> str:

@@ -283,6 +283,13 @@ class Mesh:
         if planned.local_plan is not None:
             return f"{self._local_reason(planned)}\n{planned.local_plan.display_indent()}"
         text = render_graph(planned.graph, len(self.peers))
+        if planned.write is not None:
+            w = planned.write
+            who = "one task" if w.one_file else "its tasks, each to files of its own"
+            text += (
+                f"\nWrites: stage {w.stage} writes {w.url} ({who}) under a staging prefix; the files are "
+                "published when every task succeeded, removed otherwise"
+            )
         if self._runs_locally(planned):
             text = f"{self._local_reason(planned)}\n{text}"
         return text

@@ -42,6 +42,7 @@ from ematix_flow.flightsql.protocol import (
 from ematix_flow.transport.flight import translate
 from ematix_flow.transport.messages import PeerInfo
 from ematix_flow.transport.tls import TLSConfig, flight_client_kwargs, location
+from ematix_flow.urls import folder_url, is_url
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +180,12 @@ class ViaClient:
                 f"table {name}: reader options ({', '.join(options)}) cannot be sent through a peer (via=...)"
             )
         text = os.fspath(path)
-        if not text.startswith("/"):
+        if is_url(text):
+            text = folder_url(text)  # the peer resolves the bucket with its own --storage / environment
+        elif not text.startswith("/"):
             raise ConfigError(
-                f"table {name}: {text!r} must be an absolute path: with via=..., the peer reads it, not us"
+                f"table {name}: {text!r} must be an absolute path or a URL: with via=..., the peer reads "
+                "it, not us"
             )
         self.execute(CreateTable(name, kind, text, replace=True).to_sql())
 

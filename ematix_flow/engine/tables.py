@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from ematix_flow.engine import listing
+from ematix_flow.engine import objects
 from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.errors import ConfigError
 from ematix_flow.urls import folder_url, is_url
@@ -104,7 +104,7 @@ def url_kind(url: str, storage: StorageConfig) -> str:
                 f"cannot tell the format of {url}: use a .parquet, .csv or .json file (or a folder/)"
             )
         return kind
-    kinds = {_KINDS.get(PurePosixPath(p).suffix.lower()) for p in listing.files(url, storage)} - {None}
+    kinds = {_KINDS.get(PurePosixPath(p).suffix.lower()) for p in objects.files(url, storage)} - {None}
     if len(kinds) != 1:
         found = ", ".join(sorted(k for k in kinds if k)) or "none"
         raise ConfigError(f"{url} must hold files of one format (.parquet, .csv or .json); found: {found}")
@@ -133,7 +133,7 @@ def register_dir(target: Registrar, tables_dir: str, storage: StorageConfig | No
         StorageError: a URL prefix cannot be listed.
     """
     if is_url(tables_dir):
-        entries = listing.entries(folder_url(tables_dir), storage or StorageConfig())
+        entries = objects.entries(folder_url(tables_dir), storage or StorageConfig())
     else:
         root = Path(tables_dir)
         if not root.is_dir():

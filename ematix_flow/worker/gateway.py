@@ -246,7 +246,8 @@ class Gateway:
             )
         if len(session.tables) >= MAX_SESSION_TABLES:
             raise QueryError(f"this session holds {MAX_SESSION_TABLES} tables already: open a new session")
-        table = Table(name, create.kind, str(Path(create.location)))
+        where = create.location if is_url(create.location) else str(Path(create.location))
+        table = Table(name, create.kind, where)
         made = session.mesh is None
         if made:
             with self._lock:

@@ -93,7 +93,7 @@ class _Benchmark(Protocol):
         """The file or folder of a table."""
         ...
 
-    def register_all(self, target: ParquetRegistrar, data_dir: str | Path) -> dict[str, Path]:
+    def register_all(self, target: ParquetRegistrar, data_dir: str | Path) -> dict[str, str]:
         """Register every table on ``target``."""
         ...
 

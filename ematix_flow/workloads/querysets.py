@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ematix_flow.engine.tables import ParquetRegistrar
 from ematix_flow.errors import ConfigError
+from ematix_flow.urls import folder_url, is_url
 
 
 def table_path(data_dir: str | Path, name: str) -> Path | None:
@@ -84,13 +85,20 @@ class QuerySet:
         numbers = [self.parse_query_name(part) for part in spec.split(",") if part.strip()]
         return {_name(n): self.query(n) for n in dict.fromkeys(numbers)}
 
-    def register_all(self, target: ParquetRegistrar, data_dir: str | Path) -> dict[str, Path]:
+    def register_all(self, target: ParquetRegistrar, data_dir: str | Path) -> dict[str, str]:
         """Register every table of ``data_dir`` on ``target``; returns the path of each.
+
+        ``data_dir`` may be a URL prefix holding ``<table>.parquet`` files (``flow tpch gen --out URL``).
 
         Raises:
             ConfigError: a table is missing from ``data_dir``.
         """
-        registered: dict[str, Path] = {}
+        registered: dict[str, str] = {}
+        if is_url(data_dir):
+            for name in self.tables:
+                registered[name] = f"{folder_url(str(data_dir))}{name}.parquet"
+                target.register_parquet(name, registered[name])
+            return registered
         for name in self.tables:
             path = table_path(data_dir, name)
             if path is None:
@@ -98,7 +106,7 @@ class QuerySet:
                     f"table {name} missing from {data_dir}: run `flow {self.key} gen --out {data_dir}`"
                 )
             target.register_parquet(name, str(path))
-            registered[name] = path
+            registered[name] = str(path)
         return registered
 
 

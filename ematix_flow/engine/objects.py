@@ -1,13 +1,15 @@
-"""Listing object-store prefixes (``--tables-dir s3://...``, a folder URL's format) with pyarrow.fs."""
+"""Listing and filling object-store prefixes with pyarrow.fs (``--tables-dir s3://...``, ``--out s3://...``)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pyarrow.fs as pafs
 
 from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.engine.stores import filesystem, storage_failure
 from ematix_flow.errors import StorageError, first_line
-from ematix_flow.urls import parse_url
+from ematix_flow.urls import folder_url, parse_url
 
 
 def entries(prefix: str, storage: StorageConfig) -> list[tuple[str, bool]]:
@@ -35,6 +37,26 @@ def files(prefix: str, storage: StorageConfig) -> list[str]:
         StorageError: the bucket is not configured or cannot be listed.
     """
     return [i.path for i in _list(prefix, storage, recursive=True) if i.type == pafs.FileType.File]
+
+
+def upload(files: list[Path], prefix: str, storage: StorageConfig) -> list[str]:
+    """Copy local ``files`` to ``prefix`` (a folder URL), each under its own name; returns their URLs.
+
+    Raises:
+        StorageError: the bucket is not configured, refused the credentials or did not answer.
+    """
+    loc = parse_url(folder_url(prefix))
+    fs, path = filesystem(loc, storage)
+    urls = []
+    for f in files:
+        try:
+            pafs.copy_files(str(f), f"{path}/{f.name}", pafs.LocalFileSystem(), fs)
+        except OSError as exc:
+            raise storage_failure(str(exc), [loc.store_url]) or StorageError(
+                f"{prefix}: cannot write {f.name} ({first_line(exc, 200)})"
+            ) from None
+        urls.append(f"{folder_url(prefix)}{f.name}")
+    return urls
 
 
 def _list(prefix: str, storage: StorageConfig, *, recursive: bool) -> list[pafs.FileInfo]:
