@@ -132,6 +132,28 @@ def test_a_peer_without_the_bucket_fails_naming_the_peer_and_the_url(
     assert s3_server.secret not in text
 
 
+def test_a_peer_with_wrong_credentials_is_named_with_the_bucket_never_the_secret(
+    s3_server: S3Server, bucket: str, storage: Path, secret: str, certs_dir: Path, tmp_path: Path
+) -> None:
+    """The submitter's credentials are right (it plans), the peers' secret is wrong (they read)."""
+    wrong = tmp_path / "wrong.toml"
+    s3_server.storage_file(wrong, [BUCKET], "FLOW_TEST_WRONG_SECRET")
+    os.environ["FLOW_TEST_WRONG_SECRET"] = "not-the-secret-0123456789"
+    try:
+        with spawned_workers_with(2, certs_dir, tmp_path / "work", ["--storage", str(wrong)]) as workers:
+            tls = TLSConfig.from_dir(certs_dir)
+            addresses = [w.address for w in workers]
+            with Mesh(addresses, tls, storage=storage, min_task_bytes=1, task_timeout=TASK_TIMEOUT) as mesh:
+                mesh.register_parquet("lineitem", f"{bucket}lineitem.parquet")
+                with pytest.raises(StorageError) as info:
+                    mesh.sql("SELECT l_returnflag, sum(l_quantity) FROM lineitem GROUP BY 1")
+    finally:
+        os.environ.pop("FLOW_TEST_WRONG_SECRET", None)
+    text = str(info.value)
+    assert "s3://tpch/" in text and "refused the credentials" in text and any(a in text for a in addresses)
+    assert "not-the-secret" not in text and s3_server.secret not in text
+
+
 def test_wrong_credentials_name_the_bucket_never_the_secret(
     s3_server: S3Server, bucket: str, tmp_path: Path
 ) -> None:

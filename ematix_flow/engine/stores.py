@@ -173,7 +173,10 @@ def filesystem(loc: Location, storage: StorageConfig) -> tuple[pafs.FileSystem, 
 
 
 #: Object-store failures inside DataFusion's and pyarrow's messages.
-_STORE_FAILURE = re.compile(r"Object Store error|Generic \w+ error|AWS Error|object store")
+_STORE_FAILURE = re.compile(
+    r"Object Store error|Generic \w+ error|AWS Error|object store|necessary (privileges|credentials)"
+    r"|Server returned non-2xx status code|Error performing (GET|PUT|HEAD|POST|DELETE|list)"
+)
 _S3_CODE = re.compile(r"<Code>([A-Za-z]+)</Code>")
 _CREDENTIAL_CODES = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "InvalidToken"}
@@ -189,7 +192,8 @@ def storage_failure(text: str, stores: Iterable[str]) -> StorageError | None:
         return None
     where = ", ".join(f"{s}/" for s in sorted(set(stores))) or _where(text)
     code = _S3_CODE.search(text)
-    if (code and code.group(1) in _CREDENTIAL_CODES) or "403 Forbidden" in text or "ACCESS_DENIED" in text:
+    refused = ("403 Forbidden", "ACCESS_DENIED", "necessary privileges", "necessary credentials")
+    if (code and code.group(1) in _CREDENTIAL_CODES) or any(r in text for r in refused):
         what = code.group(1) if code else "403 Forbidden"
         return StorageError(
             f"{where} refused the credentials ({what}): check the access key and secret this process "
