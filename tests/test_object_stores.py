@@ -6,10 +6,12 @@ or the AWS environment); plans carry URLs only. The answers equal DataFusion ove
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,7 +21,11 @@ from support import TASK_TIMEOUT, clean_env, executable, local_mesh, spawned_wor
 
 from bench.s3server import S3Server
 from ematix_flow import Mesh
+from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.errors import AccessDeniedError, StorageError
+from ematix_flow.pipelines.targets.base import LoadMode, RunRecord
+from ematix_flow.pipelines.targets.objects import ObjectParquetTarget
+from ematix_flow.pipelines.targets.parquet import _history_row
 from ematix_flow.transport.tls import TLSConfig
 from ematix_flow.workloads import tpch
 from ematix_flow.workloads.compare import compare_tables, query_is_ordered
@@ -262,3 +268,85 @@ def test_a_peer_serves_bucket_tables_to_submitters_without_credentials(
                 "GROUP BY 1"
             )
             assert compare_tables(mesh.sql(sql), reference(sql), ordered=False) is None
+
+
+# -------------------------------------------------------------------------------------- pipelines
+_PIPELINE = """
+pipeline_name = "{name}"
+
+[sources.orders]
+kind = "parquet"
+path = "{source}"
+
+[transform]
+sql = "SELECT o_orderkey, o_orderdate, o_totalprice FROM orders WHERE o_orderdate < DATE '{until}'"
+{watermark}
+{engine}
+
+[target]
+kind = "parquet"
+path = "{target}"
+mode = "{mode}"
+"""
+
+
+@pytest.mark.parametrize("engine", ["datafusion", "distributed"])
+def test_a_pipeline_reads_from_and_loads_into_the_bucket(
+    s3_server: S3Server, bucket: str, storage: Path, secret: str, tmp_path: Path,
+    reference: Callable[[str], pa.Table], engine: str,
+) -> None:  # fmt: skip
+    """Incremental appends from a bucket into a bucket (then a truncate), with the run history there too."""
+    target = f"s3://lake/pipelines/{engine}/orders/"
+    mesh_lines = 'engine = "distributed"\nlocal = 2\nlocal_below_bytes = 0' if engine == "distributed" else ""
+
+    def run(until: str, mode: str = "append") -> subprocess.CompletedProcess[str]:
+        watermark = 'watermark_column = "o_orderdate"' if mode == "append" else ""
+        text = _PIPELINE.format(
+            name=f"orders_{engine}", source=f"{bucket}orders.parquet", until=until, engine=mesh_lines,
+            target=target, mode=mode, watermark=watermark,
+        )  # fmt: skip
+        (tmp_path / "p.toml").write_text(text)
+        env = {SECRET_ENV: secret}
+        return _flow("run", "--storage", str(storage), "p.toml", cwd=tmp_path, env=env)
+
+    for until in ("1995-01-01", "1997-01-01", "1997-01-01"):  # the last run finds nothing new
+        ran = run(until)
+        assert ran.returncode == 0, ran.stderr[-800:]
+    keys = s3_server.keys("lake", f"pipelines/{engine}/orders/")
+    assert len([k for k in keys if k.split("/")[-1].startswith("part-")]) == 2, keys
+    assert not [k for k in keys if "pending-" in k], keys
+    with local_mesh(workers=2, storage=storage, work_dir=tmp_path) as mesh:
+        mesh.register_parquet("loaded", target)
+        sql = "SELECT o_orderkey, o_orderdate, o_totalprice FROM orders WHERE o_orderdate < DATE '1997-01-01'"
+        assert compare_tables(mesh.sql("SELECT * FROM loaded"), reference(sql), ordered=False) is None
+    ran = run("1998-01-01", "truncate")
+    assert ran.returncode == 0, ran.stderr[-800:]
+    keys = s3_server.keys("lake", f"pipelines/{engine}/orders/")
+    assert len([k for k in keys if k.split("/")[-1].startswith("part-")]) == 1, keys
+    assert len([k for k in keys if "/_ematix_flow/runs/" in k]) == 4, keys
+
+
+def test_an_object_store_target_settles_runs_that_died(
+    s3_server: S3Server, bucket: str, storage: Path, secret: str
+) -> None:
+    target = ObjectParquetTarget("s3://lake/settle", StorageConfig.load(storage))
+    now = datetime.now(UTC)
+
+    def record(run_id: str, mode: LoadMode = "append") -> RunRecord:
+        return RunRecord(run_id, "p", "", mode, now)
+
+    target.load(pa.table({"x": [1, 2]}), "append", [], record("a" * 32))
+    # died after writing its pending row, before its part file (the commit): never visible, then removed
+    target._put_rows([_history_row(record("b" * 32))], target._meta("pending-" + "b" * 32))
+    assert [r["run_id"] for r in target.history()] == ["a" * 32]
+    # a truncate that died after its commit, before deleting the part it replaced
+    parts = target._parts()
+    row = {**_history_row(record("c" * 32, "truncate")), "extra": json.dumps({"replaces": parts})}
+    target._put_rows([row], target._meta("pending-" + "c" * 32))
+    pq.write_table(pa.table({"x": [3]}), f"{target._root}/part-{'c' * 32}.parquet", filesystem=target._fs)
+    assert [r["run_id"] for r in target.history()] == ["a" * 32, "c" * 32]  # committed: its row shows
+    target.load(pa.table({"x": [4]}), "append", [], record("d" * 32))  # settles first
+    keys = s3_server.keys("lake", "settle/")
+    assert sorted(k.split("/")[-1] for k in keys if "/part-" in k) == [f"part-{c * 32}.parquet" for c in "cd"]
+    assert not [k for k in keys if "pending-" in k]
+    assert [r["run_id"] for r in target.history()] == [c * 32 for c in "acd"]

@@ -8,12 +8,19 @@ import time
 import click
 
 from ematix_flow.cli.progress import TerminalProgress
+from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.errors import ConfigError
 from ematix_flow.pipelines.config import Pipeline
 
 
-def _load(file: str | None, module: str | None, name: str | None) -> Pipeline:
-    """The pipeline a command names: a TOML file, or ``--module M [NAME]``."""
+def _load(file: str | None, module: str | None, name: str | None, storage: str | None = None) -> Pipeline:
+    """The pipeline a command names: a TOML file, or ``--module M [NAME]``; ``storage``: its buckets."""
+    pipeline = _declared(file, module, name)
+    pipeline.storage = StorageConfig.load(storage)
+    return pipeline
+
+
+def _declared(file: str | None, module: str | None, name: str | None) -> Pipeline:
     if module:
         if file and name:
             raise ConfigError("with --module, give only the pipeline's NAME")
@@ -31,6 +38,13 @@ _ARGS = [
     click.argument("file", required=False, metavar="PIPELINE.toml | NAME"),
     click.argument("name", required=False, metavar=""),
     click.option("--module", "-m", metavar="MODULE", help="Import MODULE (or a .py file) and run its NAME."),
+    click.option(
+        "--storage",
+        type=click.Path(dir_okay=False),
+        envvar="FLOW_STORAGE",
+        help="TOML of object-store buckets for s3:// ... sources and targets [the AWS_* / GOOGLE_* / "
+        "AZURE_* environment].",
+    ),
 ]
 
 
@@ -50,7 +64,13 @@ def _with_args(f: click.decorators.FC) -> click.decorators.FC:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the run's history record as JSON on stdout.")
 def run(
-    file: str | None, name: str | None, module: str | None, dry_run: bool, quiet: bool, as_json: bool
+    file: str | None,
+    name: str | None,
+    module: str | None,
+    storage: str | None,
+    dry_run: bool,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """Run a pipeline: sources -> SQL (in-process or on the mesh) -> a target, in one commit.
 
@@ -64,7 +84,7 @@ def run(
     """  # noqa: D301
     from ematix_flow.pipelines import runner
 
-    pipeline = _load(file, module, name)
+    pipeline = _load(file, module, name, storage)
     if dry_run:
         click.echo(runner.dry_run(pipeline))
         return
@@ -91,7 +111,7 @@ def run(
 
 @click.command()
 @_with_args
-def validate(file: str | None, name: str | None, module: str | None) -> None:
+def validate(file: str | None, name: str | None, module: str | None, storage: str | None) -> None:
     """Check a pipeline without running it: keys, SQL dialect, sources present, target able.
 
     \b
@@ -100,5 +120,5 @@ def validate(file: str | None, name: str | None, module: str | None) -> None:
     """  # noqa: D301
     from ematix_flow.pipelines import runner
 
-    for line in runner.validate(_load(file, module, name)):
+    for line in runner.validate(_load(file, module, name, storage)):
         click.echo(line)

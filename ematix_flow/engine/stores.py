@@ -199,7 +199,7 @@ def storage_failure(text: str, stores: Iterable[str]) -> StorageError | None:
             f"{where} refused the credentials ({what}): check the access key and secret this process "
             "uses for that bucket (its --storage entry or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
         )
-    if (code and code.group(1) == "NoSuchBucket") or "NoSuchBucket" in text:
+    if (code and code.group(1) == "NoSuchBucket") or "NoSuchBucket" in text or "NO_SUCH_BUCKET" in text:
         return StorageError(f"{where}: no such bucket (check the URL, and the endpoint it is served from)")
     if "not found" in text.lower() and ("Object at location" in text or "404" in text):
         return StorageError(f"{where}: an object the query reads is gone ({first_line(text, 160)})")

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
+from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.errors import ConfigError
+from ematix_flow.urls import is_url
 
 SourceKind = Literal["parquet", "csv", "json", "duckdb", "sqlite", "postgres"]
 TargetKind = Literal["duckdb", "sqlite", "parquet", "postgres"]
@@ -108,6 +110,8 @@ class Pipeline:
     staging_dir: str | None = None  # where database sources are staged as Parquet for a mesh
     base_dir: Path = field(default_factory=Path.cwd)
     origin: str = "pipeline"
+    #: Object-store buckets of URL sources and targets (``flow run --storage``; else the environment).
+    storage: StorageConfig = field(default_factory=StorageConfig, repr=False)
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -187,6 +191,10 @@ class Pipeline:
                     f"{exc.strerror or exc}"
                 ) from exc
         return t.sql.strip().rstrip(";")
+
+    def location(self, path: str) -> str:
+        """A path of the declaration made absolute (relative to ``base_dir``); a URL as it is."""
+        return path if is_url(path) else str(self.resolve(path))
 
     def resolve(self, path: str) -> Path:
         """A path of the declaration, relative to ``base_dir``."""

@@ -31,12 +31,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ematix_flow.coordinator_lib.progress import ProgressHook
+from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.errors import ConfigError, FlowError, QueryError, first_line
 from ematix_flow.pipelines.config import Pipeline
 from ematix_flow.pipelines.dialect import translate
 from ematix_flow.pipelines.sources import describe_source, register_source
 from ematix_flow.pipelines.targets import open_target
 from ematix_flow.pipelines.targets.base import RunRecord, Target, Watermark
+from ematix_flow.urls import is_url
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,9 @@ def prepare(pipeline: Pipeline) -> Prepared:
     except QueryError as exc:
         raise QueryError(f"{pipeline.origin}: [transform] {exc}") from exc
     t = pipeline.target
-    target = open_target(t.kind, path=t.path, table=t.table, dsn=t.dsn, base_dir=pipeline.base_dir)
+    target = open_target(
+        t.kind, path=t.path, table=t.table, dsn=t.dsn, base_dir=pipeline.base_dir, storage=pipeline.storage
+    )
     target.check(t.mode, t.keys)
     column = pipeline.transform.watermark_column
     watermark = target.last_watermark(pipeline.name, column) if column else None
@@ -84,7 +88,7 @@ def validate(pipeline: Pipeline) -> list[str]:
     """Check without running: config, SQL translation, sources present, target able. Lines to print."""
     prepared = prepare(pipeline)
     for name, source in pipeline.sources.items():
-        if source.path:
+        if source.path and not is_url(source.path):
             path = pipeline.resolve(source.path)
             if not path.exists():
                 raise ConfigError(
@@ -134,7 +138,7 @@ def run(pipeline: Pipeline, echo: Echo | None = None, progress: ProgressHook | N
     record = RunRecord(
         run_id=uuid.uuid4().hex,
         pipeline=pipeline.name,
-        target_table=t.table or str(pipeline.resolve(t.path or "")),
+        target_table=t.table or pipeline.location(t.path or ""),
         mode=t.mode,
         started=dt.datetime.now(dt.UTC),
         watermark_column=pipeline.transform.watermark_column,
@@ -182,9 +186,10 @@ def _named(pipeline: Pipeline, call: Callable[[str], T], sql: str) -> T:
 class _InProcess:
     """engine = "datafusion": one SessionContext in this process."""
 
-    def __init__(self) -> None:
+    def __init__(self, storage: StorageConfig) -> None:
         self.ctx = datafusion.SessionContext()
         self.sink: Any = self.ctx
+        self.storage = storage  # URL sources get their bucket's store on ctx (sources.register_source)
 
     def sql(self, sql: str) -> pa.Table:
         try:
@@ -216,6 +221,7 @@ class _OnMesh:
             options["partitions"] = t.partitions
         if t.local_below_bytes is not None:
             options["local_below_bytes"] = t.local_below_bytes
+        options["storage"] = pipeline.storage
         if t.local is not None:
             self.mesh = Mesh.local(workers=t.local, insecure=t.insecure, **options)
         else:
@@ -246,7 +252,7 @@ class _OnMesh:
 @contextlib.contextmanager
 def _engine(pipeline: Pipeline, progress: ProgressHook | None = None) -> Iterator[_InProcess | _OnMesh]:
     if pipeline.transform.engine == "datafusion":
-        yield _InProcess()
+        yield _InProcess(pipeline.storage)
         return
     mesh = _OnMesh(pipeline, progress)
     try:
@@ -272,7 +278,7 @@ def _staging(pipeline: Pipeline) -> Iterator[Path]:
 def _register_sources(engine: _InProcess | _OnMesh, pipeline: Pipeline, staging: Path) -> None:
     for name, source in pipeline.sources.items():
         try:
-            register_source(engine.sink, name, source, pipeline.base_dir, staging)
+            register_source(engine.sink, name, source, pipeline.base_dir, staging, pipeline.storage)
         except FlowError as exc:
             raise type(exc)(f"{pipeline.origin}: [sources.{name}] {exc}") from exc
 

@@ -28,14 +28,17 @@ import sqlite3
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import datafusion
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ematix_flow.errors import ConfigError, QueryError, first_line
+from ematix_flow.engine import stores
+from ematix_flow.engine.storage import StorageConfig
+from ematix_flow.errors import ConfigError, FlowError, QueryError, first_line
+from ematix_flow.urls import folder_url, is_url, parse_url
 
 if TYPE_CHECKING:
     from ematix_flow.coordinator_lib.mesh import Mesh
@@ -112,14 +115,25 @@ class SourceInfo:
 
 
 def register_source(
-    sink: datafusion.SessionContext | Mesh, name: str, spec: SourceLike, base_dir: Path, staging_dir: Path
+    sink: datafusion.SessionContext | Mesh,
+    name: str,
+    spec: SourceLike,
+    base_dir: Path,
+    staging_dir: Path,
+    storage: StorageConfig | None = None,
 ) -> SourceInfo:
     """Register ``spec`` as table ``name`` of ``sink`` (a table of that name is replaced).
+
+    A file source's path may be an object-store URL; ``storage`` resolves its bucket for a
+    SessionContext sink (a Mesh resolves it with its own).
 
     Raises ConfigError for a missing file, database or table (naming the source and the fix) and
     QueryError when a source's query fails.
     """
     _check(name, spec)
+    if spec.kind in FILE_KINDS and is_url(spec.path or ""):
+        url = _url_source(sink, name, spec, storage or StorageConfig())
+        return SourceInfo(name, spec.kind, url)
     if spec.kind in FILE_KINDS:
         path = _existing(name, spec, base_dir)
         _register_file(sink, name, spec, path)
@@ -139,11 +153,12 @@ def register_source(
 
 def describe_source(spec: SourceLike, base_dir: Path) -> str:
     """One line for --dry-run, e.g. ``duckdb /data/w.duckdb table raw.orders`` (no DSN password)."""
+    where = spec.path if is_url(spec.path or "") else _resolve(spec.path or "", base_dir)
     if spec.kind == "csv":
         header = "header" if spec.has_header else "no header"
-        return f"csv {_resolve(spec.path or '', base_dir)} ({header}, delimiter {spec.delimiter!r})"
+        return f"csv {where} ({header}, delimiter {spec.delimiter!r})"
     if spec.kind in FILE_KINDS:
-        return f"{spec.kind} {_resolve(spec.path or '', base_dir)}"
+        return f"{spec.kind} {where}"
     where = (
         _postgres_where(spec.dsn or "") if spec.kind == "postgres" else _resolve(spec.path or "", base_dir)
     )
@@ -178,6 +193,35 @@ def _existing(name: str, spec: SourceLike, base_dir: Path) -> Path:
             f"start at {base_dir})"
         )
     return path
+
+
+def _url_source(
+    sink: datafusion.SessionContext | Mesh, name: str, spec: SourceLike, storage: StorageConfig
+) -> str:
+    """Register a file or folder URL with the reader of its kind; returns the URL registered."""
+    url = folder_url(spec.path or "")
+    extension = PurePosixPath(url).suffix if not url.endswith("/") else _EXTENSIONS[spec.kind]
+    if isinstance(sink, datafusion.SessionContext):
+        stores.register(sink, [url], storage)
+        if sink.table_exist(name):
+            sink.deregister_table(name)
+    try:
+        if spec.kind == "parquet":
+            sink.register_parquet(name, url, file_extension=extension)
+        elif spec.kind == "csv":
+            sink.register_csv(
+                name, url, has_header=spec.has_header, delimiter=spec.delimiter, file_extension=extension
+            )
+        else:
+            sink.register_json(name, url, file_extension=extension)
+    except FlowError:
+        raise
+    except Exception as exc:  # DataFusion raises plain exceptions
+        failure = stores.storage_failure(str(exc), [parse_url(url).store_url])
+        if failure is not None:
+            raise failure from exc
+        raise ConfigError(f"source {name}: cannot read {url} as {spec.kind}: {first_line(exc)}") from exc
+    return url
 
 
 def _register_file(sink: datafusion.SessionContext | Mesh, name: str, spec: SourceLike, path: Path) -> None:

@@ -18,16 +18,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.errors import ConfigError
 from ematix_flow.pipelines.targets.base import Target
+from ematix_flow.urls import is_url
 
 KINDS = ("duckdb", "sqlite", "postgres", "parquet")
 
 __all__ = ["KINDS", "open_target"]
 
 
-def open_target(kind: str, *, path: str | None, table: str | None, dsn: str | None, base_dir: Path) -> Target:
+def open_target(
+    kind: str,
+    *,
+    path: str | None,
+    table: str | None,
+    dsn: str | None,
+    base_dir: Path,
+    storage: StorageConfig | None = None,
+) -> Target:
     """The target of ``kind``; a relative ``path`` is resolved against ``base_dir`` (the pipeline's folder).
+
+    A parquet ``path`` may be an object-store URL (``s3://lake/sales/``), its bucket resolved with
+    ``storage`` (else the environment).
 
     Nothing is opened or created here: databases are connected to when a run reads its watermark
     or loads. Raises ConfigError when a setting the kind needs is missing or malformed.
@@ -45,6 +58,10 @@ def open_target(kind: str, *, path: str | None, table: str | None, dsn: str | No
 
         url = _required(kind, "dsn", dsn, "postgresql://user@host/db")
         return PostgresTarget(url, _required(kind, "table", table, "analytics.orders"))
+    if kind == "parquet" and path and is_url(path):
+        from ematix_flow.pipelines.targets.objects import ObjectParquetTarget
+
+        return ObjectParquetTarget(path, storage or StorageConfig())
     if kind == "parquet":
         from ematix_flow.pipelines.targets.parquet import ParquetTarget
 

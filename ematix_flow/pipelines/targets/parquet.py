@@ -358,7 +358,7 @@ def _after_commit(step: Callable[..., object], *args: object) -> None:
         _log.warning("after a committed load: %s failed: %s", getattr(step, "__name__", step), exc)
 
 
-def _succeeded(run: RunRecord, path: Path, rows: int, extra: dict[str, int]) -> RunRecord:
+def _succeeded(run: RunRecord, path: Path | str, rows: int, extra: dict[str, int]) -> RunRecord:
     return dataclasses.replace(
         run,
         target_table=str(path),
