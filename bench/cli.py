@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
             "--storage",
             choices=["local", "s3"],
             default="local",
-            help="s3: also run mesh-s3 (the data in a moto S3 server on loopback) beside mesh on local files",
+            help="s3: also run mesh-s3 and datafusion-s3 (the data in a moto S3 server on loopback) beside "
+            "mesh and datafusion on local files",
         )
     p = sub.add_parser("publish", help="copy results into docs/bench and paste the tables into the doc")
     p.add_argument("stems", nargs="+", help="e.g. tpch_sf1 tpch_sf1_scaling")
@@ -125,8 +126,10 @@ def run(args: argparse.Namespace) -> tuple[Meta, list[QueryResult]]:
     """
     suite = SUITES[args.command]
     names = list(SCALING) if args.scaling else registry.parse_names(args.engines)
-    if getattr(args, "storage", "local") == "s3" and "mesh-s3" not in names:
-        names.insert(names.index("mesh") + 1 if "mesh" in names else 0, "mesh-s3")
+    if getattr(args, "storage", "local") == "s3":  # each local engine's twin over a bucket, beside it
+        for local, remote in (("mesh", "mesh-s3"), ("datafusion", "datafusion-s3")):
+            if remote not in names:
+                names.insert(names.index(local) + 1 if local in names else len(names), remote)
     queries = suite.select(args.queries)
     data: Path = args.data or suite.default_data_dir(args.sf)
     suite.generate(args.sf, data)

@@ -29,7 +29,6 @@ __all__ = [
     "EngineOptions",
     "EngineUnavailable",
     "MeshEngine",
-    "MeshS3Engine",
     "SparkEngine",
     "UnknownEngine",
     "Validation",
@@ -130,7 +129,11 @@ class DataFusionEngine:
 
         self._ctx = SessionContext(SessionConfig().with_target_partitions(self.partitions))
         for name in tables:
-            self._ctx.register_parquet(name, str(_table(data_dir, name)))
+            self._ctx.register_parquet(name, self._location(data_dir, name))
+
+    def _location(self, data_dir: Path, name: str) -> str:
+        """Where table ``name`` is read: the local file (DataFusionS3Engine: its copy in a bucket)."""
+        return str(_table(data_dir, name))
 
     def run(self, sql: str) -> pa.Table:
         table: pa.Table = self._ctx.sql(sql).to_arrow_table()
@@ -478,64 +481,23 @@ class FlightSqlEngine:
 EngineFactory = Callable[[EngineOptions], Engine]
 
 
-class MeshS3Engine(MeshEngine):
-    """``mesh`` over a copy of the data in an S3 bucket: a moto server on 127.0.0.1 (``bench/s3server.py``).
+def _mesh_s3(options: EngineOptions) -> Engine:
+    from bench.s3engines import MeshS3Engine  # imports this module: made on demand
 
-    Every process reads the bucket through the standard AWS environment (set here, inherited by the
-    workers). moto is a Python server: its speed, not S3's, is part of what this measures.
-    """
+    return MeshS3Engine(options)
 
-    def __init__(self, options: EngineOptions, *, name: str = "mesh-s3") -> None:
-        super().__init__(options, name=name)
-        self._server: Any = None
-        self._saved: dict[str, str | None] = {}
 
-    def start(self, data_dir: Path, tables: Sequence[str]) -> None:
-        try:
-            from bench.s3server import S3Server
-        except ImportError as exc:
-            raise EngineUnavailable(
-                f"moto is not installed ({exc}): pip install 'moto[server]' boto3"
-            ) from exc
-        self._server = S3Server.start()
-        self._saved = {k: os.environ.get(k) for k in self._server.env()}
-        os.environ.update(self._server.env())
-        self._server.client().create_bucket(Bucket="bench")
-        s3 = self._server.client()
-        for name in tables:
-            path = _table(data_dir, name)
-            files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
-            for f in files:
-                s3.upload_file(str(f), "bench", f"{name}/{f.name}")
-        super().start(data_dir, tables)
+def _datafusion_s3(options: EngineOptions) -> Engine:
+    from bench.s3engines import DataFusionS3Engine
 
-    def _location(self, data_dir: Path, name: str) -> str:
-        return f"s3://bench/{name}/"
-
-    def close(self) -> None:
-        super().close()
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-        for k, v in self._saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        self._saved = {}
-
-    def info(self) -> dict[str, Any]:
-        return {**super().info(), "storage": "s3 (moto server on 127.0.0.1, path-style, authentication on)"}
-
-    def pids(self) -> dict[str, int]:
-        server = self._server.process.pid if self._server is not None and self._server.process else None
-        return {**super().pids(), **({"moto": server} if server else {})}
+    return DataFusionS3Engine(options)
 
 
 ENGINES: dict[str, EngineFactory] = {
     "datafusion": DataFusionEngine,
     "mesh": MeshEngine,  # every query distributed (the adaptive gate is off by default)
-    "mesh-s3": MeshS3Engine,  # the same, reading a copy of the data from an S3 server (moto, loopback)
+    "mesh-s3": _mesh_s3,  # the same, reading a copy of the data from an S3 server (moto, loopback)
+    "datafusion-s3": _datafusion_s3,  # single-process DataFusion over that copy
     # the adaptive gate on: queries scanning under 64 MB run in-process on the submitter
     "mesh-adaptive": partial(MeshEngine, name="mesh-adaptive", mesh_options={"local_below_bytes": 64 << 20}),
     "duckdb": DuckDBEngine,

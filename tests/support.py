@@ -73,6 +73,21 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_flow(
+    *args: str, cwd: Path, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``flow ARGS`` in ``cwd`` (its temporary files there too), bounded by ``TASK_TIMEOUT``."""
+    return subprocess.run(
+        [executable("flow"), *args],
+        capture_output=True,
+        text=True,
+        timeout=TASK_TIMEOUT,
+        input=stdin,
+        cwd=cwd,
+        env=clean_env(TMPDIR=str(cwd), **(env or {})),
+    )
+
+
 def query_dirs(work_root: Path) -> list[Path]:
     """Query directories held by every worker whose work dir lives under ``work_root``."""
     return sorted(

@@ -7,6 +7,7 @@ source; a failed query or a killed peer leaves no partial or duplicate file unde
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -169,10 +170,8 @@ def test_a_peer_killed_during_copy_leaves_no_duplicate_or_partial_file(
     assert landed, "the kill never landed while the COPY ran"
 
 
-def test_the_store_stopped_once_tables_are_registered_is_a_clear_error_not_a_hang(
-    tpch_data: Path, tmp_path: Path
-) -> None:
-    """The submitter read the files' metadata; the peers' reads then find no server (retries end)."""
+def test_the_store_stopped_mid_query_is_a_clear_error_not_a_hang(tpch_data: Path, tmp_path: Path) -> None:
+    """The server is killed once a peer started a task; the query fails naming it, within its timeout."""
     server = S3Server.start()
     saved = {k: os.environ.get(k) for k in server.env()}
     os.environ.update(server.env())
@@ -181,14 +180,28 @@ def test_the_store_stopped_once_tables_are_registered_is_a_clear_error_not_a_han
         with local_mesh(workers=3, min_task_bytes=1, work_dir=tmp_path) as mesh:
             for name in ("lineitem", "orders"):
                 mesh.register_parquet(name, f"s3://gone/tpch/{name}.parquet")
-            server.stop()
+            result: dict[str, object] = {}
+
+            def run() -> None:
+                try:
+                    result["table"] = mesh.sql(
+                        "SELECT o_orderstatus, sum(l_quantity) FROM lineitem JOIN orders "
+                        "ON l_orderkey = o_orderkey GROUP BY 1",
+                        timeout=120,
+                    )
+                except Exception as exc:
+                    result["error"] = exc
+
             t0 = time.monotonic()
-            with pytest.raises(StorageError, match=r"/gone/.*did not answer"):
-                mesh.sql(
-                    "SELECT o_orderstatus, sum(l_quantity) FROM lineitem JOIN orders "
-                    "ON l_orderkey = o_orderkey GROUP BY 1",
-                    timeout=120,
-                )
+            thread = threading.Thread(target=run)
+            thread.start()
+            deadline = t0 + 30
+            while not any(tmp_path.glob("*/work/flow-worker-*/*/s*-t*")):
+                assert time.monotonic() < deadline, "no peer started a task"
+                time.sleep(0.001)  # polled against the deadline above
+            server.stop()
+            thread.join(150)
+            assert not thread.is_alive(), "the query hung after the store stopped"
             assert time.monotonic() - t0 < 120
     finally:
         server.stop()
@@ -197,3 +210,6 @@ def test_the_store_stopped_once_tables_are_registered_is_a_clear_error_not_a_han
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    error = result.get("error")
+    assert isinstance(error, StorageError), result  # moto serves SF 0.1 in seconds: the stop lands
+    assert re.search(r"/gone/.*did not answer", str(error)), error

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from support import TASK_TIMEOUT, clean_env, executable, local_mesh, spawned_workers_with
+from support import TASK_TIMEOUT, local_mesh, run_flow, spawned_workers_with
 
 from bench.s3server import S3Server
 from ematix_flow import Mesh
@@ -205,14 +205,7 @@ def test_a_url_outside_the_data_root_is_refused(
 
 # ------------------------------------------------------------------------------------------- CLI
 def _flow(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [executable("flow"), *args],
-        capture_output=True,
-        text=True,
-        timeout=TASK_TIMEOUT,
-        cwd=cwd,
-        env=clean_env(TMPDIR=str(cwd), **env),
-    )
+    return run_flow(*args, cwd=cwd, env=env)
 
 
 def test_the_cli_generates_into_a_bucket_and_queries_it_by_prefix(

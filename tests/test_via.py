@@ -23,6 +23,7 @@ from support import (
     free_ports,
     peer_mesh,
     ran_tasks,
+    run_flow,
     worker_action,
 )
 
@@ -62,15 +63,7 @@ def elsewhere(tmp_path: Path) -> Path:
 
 
 def flow(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [executable("flow"), *args],
-        capture_output=True,
-        text=True,
-        timeout=TASK_TIMEOUT,
-        input=stdin,
-        cwd=cwd,
-        env=clean_env(TMPDIR=str(cwd)),
-    )
+    return run_flow(*args, cwd=cwd, stdin=stdin)
 
 
 def via(workers: list[LocalWorker], certs: Path) -> list[str]:

@@ -8,6 +8,7 @@ import time
 import click
 
 from ematix_flow.cli.progress import TerminalProgress
+from ematix_flow.cli.storage_option import storage_option
 from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.errors import ConfigError
 from ematix_flow.pipelines.config import Pipeline
@@ -38,13 +39,7 @@ _ARGS = [
     click.argument("file", required=False, metavar="PIPELINE.toml | NAME"),
     click.argument("name", required=False, metavar=""),
     click.option("--module", "-m", metavar="MODULE", help="Import MODULE (or a .py file) and run its NAME."),
-    click.option(
-        "--storage",
-        type=click.Path(dir_okay=False),
-        envvar="FLOW_STORAGE",
-        help="TOML of object-store buckets for s3:// ... sources and targets [the AWS_* / GOOGLE_* / "
-        "AZURE_* environment].",
-    ),
+    storage_option("for s3:// ... sources and targets"),
 ]
 
 

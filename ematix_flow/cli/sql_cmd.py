@@ -15,6 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ematix_flow.cli.progress import TerminalProgress
+from ematix_flow.cli.storage_option import storage_option
 from ematix_flow.coordinator_lib.mesh import Mesh
 from ematix_flow.engine.tables import kind_from_suffix, parse_table_option, register_all, register_format
 from ematix_flow.errors import ConfigError
@@ -55,13 +56,7 @@ def mesh_options(f: Callable[..., Any]) -> Callable[..., Any]:
             metavar="DIR|URL",
             help="Register every Parquet/CSV/JSON file or folder in DIR (or under a URL prefix).",
         ),
-        click.option(
-            "--storage",
-            type=click.Path(dir_okay=False),
-            envvar="FLOW_STORAGE",
-            help="TOML of object-store buckets (endpoint, region, credentials as ${ENV}); --local peers "
-            "get it too [the AWS_* / GOOGLE_* / AZURE_* environment].",
-        ),
+        storage_option("for s3:// ... tables (--local peers get it too)"),
         click.option("--partitions", type=int, help="Shuffle width [2 x peers, at least 4]."),
         click.option(
             "--file", "-f", "sql_file", type=click.File("r"), help="Read the SQL from a file ('-': stdin)."

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ematix_flow.cli.storage_option import storage_option
 from ematix_flow.engine.objects import upload
 from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.urls import is_url
@@ -28,12 +29,7 @@ def tpch() -> None:
     default=None,
     help="Output folder, or a URL prefix such as s3://bucket/tpch-sf1/ [default: data/tpch-sf{SF}].",
 )
-@click.option(
-    "--storage",
-    type=click.Path(dir_okay=False),
-    envvar="FLOW_STORAGE",
-    help="TOML of object-store buckets, for a URL --out [the AWS_* / GOOGLE_* / AZURE_* environment].",
-)
+@storage_option("for a URL --out")
 @click.option("--force", is_flag=True, help="Regenerate even if the folder already holds all 8 tables.")
 def gen(sf: float, out: str | None, storage: str | None, force: bool) -> None:
     """Write one Parquet file per TPC-H table (region ... lineitem) with tpchgen-cli.

@@ -190,6 +190,7 @@ def storage_failure(text: str, stores: Iterable[str]) -> StorageError | None:
     """
     if not _STORE_FAILURE.search(text):
         return None
+    text = _HTTP_QUERY.sub(r"\1", text)  # a signed URL's query string (SAS tokens...) is never shown
     where = ", ".join(f"{s}/" for s in sorted(set(stores))) or _where(text)
     code = _S3_CODE.search(text)
     refused = ("403 Forbidden", "ACCESS_DENIED", "necessary privileges", "necessary credentials")
@@ -219,6 +220,7 @@ def _where(text: str) -> str:
 
 
 _HTTP_URL = re.compile(r"(https?://[^\s?]+)")
+_HTTP_QUERY = re.compile(r"(https?://[^\s?]+)\?\S*")
 
 
 def _reason(text: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import pyarrow as pa
 
@@ -80,6 +80,22 @@ class Target(Protocol):
 
     def record_failure(self, run: RunRecord) -> None:
         """Append a failed run to ``run_history`` (its own transaction; best effort, never raises)."""
+
+
+def newest_watermark(history: list[dict[str, Any]], pipeline: str, column: str) -> Watermark | None:
+    """The watermark of the newest successful run of ``pipeline`` on ``column`` in a file target's history."""
+    runs = [
+        r
+        for r in history
+        if r["pipeline"] == pipeline
+        and r["watermark_column"] == column
+        and r["status"] == "success"
+        and r["watermark"] is not None
+    ]
+    if not runs:
+        return None
+    newest = max(runs, key=lambda r: (r["started"], r["ended"] or r["started"]))
+    return Watermark(column, str(newest["watermark"]), str(newest["watermark_type"] or "string"))
 
 
 def adopt(run: RunRecord, done: RunRecord) -> RunRecord:

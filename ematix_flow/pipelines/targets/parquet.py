@@ -60,7 +60,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ematix_flow.errors import ConfigError, FlowError, LoadError
-from ematix_flow.pipelines.targets.base import LoadMode, RunRecord, Watermark, adopt, failed_record
+from ematix_flow.pipelines.targets.base import (
+    LoadMode,
+    RunRecord,
+    Watermark,
+    adopt,
+    failed_record,
+    newest_watermark,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -126,18 +133,7 @@ class ParquetTarget:
 
     def last_watermark(self, pipeline: str, column: str) -> Watermark | None:
         """The watermark of the newest successful run of ``pipeline`` on ``column``; None if none."""
-        runs = [
-            r
-            for r in self.history()
-            if r["pipeline"] == pipeline
-            and r["watermark_column"] == column
-            and r["status"] == "success"
-            and r["watermark"] is not None
-        ]
-        if not runs:
-            return None
-        newest = max(runs, key=lambda r: (r["started"], r["ended"] or r["started"]))
-        return Watermark(column, str(newest["watermark"]), str(newest["watermark_type"] or "string"))
+        return newest_watermark(self.history(), pipeline, column)
 
     def load(self, data: pa.Table, mode: LoadMode, keys: list[str], run: RunRecord) -> RunRecord:
         """Write ``data`` by ``mode`` and record ``run`` with it, committed by one rename.
