@@ -496,8 +496,6 @@ def _datafusion_s3(options: EngineOptions) -> Engine:
 ENGINES: dict[str, EngineFactory] = {
     "datafusion": DataFusionEngine,
     "mesh": MeshEngine,  # every query distributed (the adaptive gate is off by default)
-    "mesh-s3": _mesh_s3,  # the same, reading a copy of the data from an S3 server (moto, loopback)
-    "datafusion-s3": _datafusion_s3,  # single-process DataFusion over that copy
     # the adaptive gate on: queries scanning under 64 MB run in-process on the submitter
     "mesh-adaptive": partial(MeshEngine, name="mesh-adaptive", mesh_options={"local_below_bytes": 64 << 20}),
     "duckdb": DuckDBEngine,
@@ -507,6 +505,9 @@ ENGINES: dict[str, EngineFactory] = {
     # the scaling run (--scaling): one worker and the submitter on core 0, vs two workers on cores 0 and 1
     "mesh-1core": partial(MeshEngine, name="mesh-1core", workers=1, worker_cpus=[[0]], submitter_cpus=[0]),
     "mesh-2core": partial(MeshEngine, name="mesh-2core", workers=2, worker_cpus=[[0], [1]]),
+    # --storage s3: mesh and datafusion over a copy of the data in an S3 server (moto, loopback)
+    "mesh-s3": _mesh_s3,
+    "datafusion-s3": _datafusion_s3,
 }
 """Engine name -> factory. A factory raises :class:`EngineUnavailable` when it cannot run here."""
 
