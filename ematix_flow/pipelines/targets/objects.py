@@ -49,6 +49,7 @@ from ematix_flow.pipelines.targets.parquet import (
     _history_row,
     _part_name,
     _succeeded,
+    check_same_columns,
 )
 from ematix_flow.urls import folder_url, parse_url
 
@@ -88,7 +89,11 @@ class ObjectParquetTarget:
         _check_columns(data, self.describe())
         try:
             self._settle()
-            replaced = self._parts() if mode == "truncate" else []
+            parts = self._parts()
+            if mode == "append" and parts and data.num_rows:
+                have = pq.read_schema(parts[-1], filesystem=self._fs)
+                check_same_columns(data.schema, have, self.describe())
+            replaced = parts if mode == "truncate" else []
             extra = {"inserted": data.num_rows}
             if mode == "truncate":
                 extra["deleted"] = sum(pq.read_metadata(p, filesystem=self._fs).num_rows for p in replaced)

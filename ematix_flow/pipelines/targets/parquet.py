@@ -320,21 +320,24 @@ class ParquetTarget:
     def _check_same_columns(self, data: pa.Table) -> None:
         """An append must have the columns (names and types) of the files already there."""
         parts = self._parts()
-        if not parts:
-            return
-        have = pq.read_schema(parts[-1])
-        mine = [(f.name, str(f.type)) for f in data.schema]
-        theirs = [(f.name, str(f.type)) for f in have]
-        if mine != theirs:
-            got = ", ".join(f"{n} {t}" for n, t in mine)
-            want = ", ".join(f"{n} {t}" for n, t in theirs)
-            raise ConfigError(
-                f"{self.describe()}: append: the result's columns ({got}) differ from the folder's "
-                f"({want}): make the SQL produce the same columns and types, or use mode = truncate"
-            )
+        if parts:
+            check_same_columns(data.schema, pq.read_schema(parts[-1]), self.describe())
 
 
 # -------------------------------------------------------------------------- module helpers
+def check_same_columns(mine: pa.Schema, theirs: pa.Schema, where: str) -> None:
+    """Raise ConfigError unless an append's columns (names and types) are those of the files there."""
+    got = [(f.name, str(f.type)) for f in mine]
+    want = [(f.name, str(f.type)) for f in theirs]
+    if got != want:
+        shown = ", ".join(f"{n} {t}" for n, t in got)
+        there = ", ".join(f"{n} {t}" for n, t in want)
+        raise ConfigError(
+            f"{where}: append: the result's columns ({shown}) differ from the folder's "
+            f"({there}): make the SQL produce the same columns and types, or use mode = truncate"
+        )
+
+
 def _check_columns(data: pa.Table, where: str) -> None:
     names = data.column_names
     if not names:
