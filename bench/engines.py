@@ -505,6 +505,17 @@ ENGINES: dict[str, EngineFactory] = {
     # the scaling run (--scaling): one worker and the submitter on core 0, vs two workers on cores 0 and 1
     "mesh-1core": partial(MeshEngine, name="mesh-1core", workers=1, worker_cpus=[[0]], submitter_cpus=[0]),
     "mesh-2core": partial(MeshEngine, name="mesh-2core", workers=2, worker_cpus=[[0], [1]]),
+    # the dynamic filters the planning settings turn off (engine/settings.py), on again: what they cost
+    "mesh-dynfilters": partial(
+        MeshEngine,
+        name="mesh-dynfilters",
+        mesh_options={
+            "settings": {
+                "datafusion.optimizer.enable_join_dynamic_filter_pushdown": "true",
+                "datafusion.optimizer.enable_aggregate_dynamic_filter_pushdown": "true",
+            }
+        },
+    ),
     # --storage s3: mesh and datafusion over a copy of the data in an S3 server (moto, loopback)
     "mesh-s3": _mesh_s3,
     "datafusion-s3": _datafusion_s3,
