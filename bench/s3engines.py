@@ -64,56 +64,48 @@ class S3Copy:
 INFO = "s3 (moto server on 127.0.0.1, path-style, authentication on)"
 
 
-class MeshS3Engine(MeshEngine):
+class _OnS3Copy:
+    """What both engines over the bucket copy share: the copy made before, removed after them."""
+
+    _copy: S3Copy
+
+    def start(self, data_dir: Path, tables: Sequence[str]) -> None:
+        self._copy.start(data_dir, tables)
+        super().start(data_dir, tables)  # type: ignore[misc]
+
+    def close(self) -> None:
+        super().close()  # type: ignore[misc]
+        self._copy.close()
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "storage": INFO}  # type: ignore[misc]
+
+    def pids(self) -> dict[str, int]:
+        return {**super().pids(), **self._copy.pids()}  # type: ignore[misc]
+
+
+class MeshS3Engine(_OnS3Copy, MeshEngine):
     """``mesh`` over the bucket copy: every process reads it through the AWS environment."""
 
     def __init__(self, options: EngineOptions, *, name: str = "mesh-s3") -> None:
         super().__init__(options, name=name)
         self._copy = S3Copy()
 
-    def start(self, data_dir: Path, tables: Sequence[str]) -> None:
-        self._copy.start(data_dir, tables)
-        super().start(data_dir, tables)
-
     def _location(self, data_dir: Path, name: str) -> str:
         return f"s3://{BUCKET}/{name}/"
 
-    def close(self) -> None:
-        super().close()
-        self._copy.close()
 
-    def info(self) -> dict[str, Any]:
-        return {**super().info(), "storage": INFO}
-
-    def pids(self) -> dict[str, int]:
-        return {**super().pids(), **self._copy.pids()}
-
-
-class DataFusionS3Engine(DataFusionEngine):
+class DataFusionS3Engine(_OnS3Copy, DataFusionEngine):
     """Single-process DataFusion over the bucket copy (a store registered from the AWS environment)."""
 
     def __init__(self, options: EngineOptions, *, name: str = "datafusion-s3") -> None:
         super().__init__(options, name=name)
         self._copy = S3Copy()
 
-    def start(self, data_dir: Path, tables: Sequence[str]) -> None:
-        from datafusion import SessionConfig, SessionContext
-
+    def _location(self, data_dir: Path, name: str) -> str:
         from ematix_flow.engine import stores
         from ematix_flow.engine.storage import StorageConfig
 
-        self._copy.start(data_dir, tables)
-        self._ctx = SessionContext(SessionConfig().with_target_partitions(self.partitions))
-        stores.register(self._ctx, [f"s3://{BUCKET}/"], StorageConfig())
-        for name in tables:
-            self._ctx.register_parquet(name, f"s3://{BUCKET}/{name}/")
-
-    def close(self) -> None:
-        super().close()
-        self._copy.close()
-
-    def info(self) -> dict[str, Any]:
-        return {**super().info(), "storage": INFO}
-
-    def pids(self) -> dict[str, int]:
-        return self._copy.pids()
+        url = f"s3://{BUCKET}/{name}/"
+        stores.register(self._ctx, [url], StorageConfig())  # as Mesh.register_parquet does for a URL
+        return url

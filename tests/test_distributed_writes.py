@@ -6,7 +6,6 @@ source; a failed query or a killed peer leaves no partial or duplicate file unde
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import threading
@@ -17,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from support import local_mesh
+from support import environment, local_mesh
 
 from bench.s3server import S3Server
 from ematix_flow import Mesh
@@ -32,15 +31,9 @@ SOURCE = "SELECT l_orderkey, l_linenumber, l_returnflag, l_quantity, l_comment F
 @pytest.fixture(scope="module")
 def s3(s3_server: S3Server) -> Iterator[S3Server]:
     """The session's server, its AWS environment set for this module (workers inherit it)."""
-    saved = {k: os.environ.get(k) for k in s3_server.env()}
-    os.environ.update(s3_server.env())
-    s3_server.client().create_bucket(Bucket="out")
-    yield s3_server
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with environment(s3_server.env()):
+        s3_server.client().create_bucket(Bucket="out")
+        yield s3_server
 
 
 @pytest.fixture(scope="module")
@@ -173,11 +166,9 @@ def test_a_peer_killed_during_copy_leaves_no_duplicate_or_partial_file(
 def test_the_store_stopped_mid_query_is_a_clear_error_not_a_hang(tpch_data: Path, tmp_path: Path) -> None:
     """The server is killed once a peer started a task; the query fails naming it, within its timeout."""
     server = S3Server.start()
-    saved = {k: os.environ.get(k) for k in server.env()}
-    os.environ.update(server.env())
     try:
         server.upload("gone", tpch_data, "tpch")
-        with local_mesh(workers=3, min_task_bytes=1, work_dir=tmp_path) as mesh:
+        with environment(server.env()), local_mesh(workers=3, min_task_bytes=1, work_dir=tmp_path) as mesh:
             for name in ("lineitem", "orders"):
                 mesh.register_parquet(name, f"s3://gone/tpch/{name}.parquet")
             result: dict[str, object] = {}
@@ -205,11 +196,6 @@ def test_the_store_stopped_mid_query_is_a_clear_error_not_a_hang(tpch_data: Path
             assert time.monotonic() - t0 < 120
     finally:
         server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     error = result.get("error")
     assert isinstance(error, StorageError), result  # moto serves SF 0.1 in seconds: the stop lands
     assert re.search(r"/gone/.*did not answer", str(error)), error

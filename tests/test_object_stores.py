@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from support import TASK_TIMEOUT, local_mesh, run_flow, spawned_workers_with
+from support import TASK_TIMEOUT, environment, local_mesh, run_flow, spawned_workers_with
 
 from bench.s3server import S3Server
 from ematix_flow import Mesh
@@ -95,21 +95,12 @@ def test_a_folder_url_and_the_environment_alone_serve_a_table(
     for i, start in enumerate(range(0, orders.num_rows, 50_000)):
         pq.write_table(orders.slice(start, 50_000), folder / f"part-{i}.parquet")
     s3_server.upload("envonly", folder, "orders")
-    saved = {k: os.environ.get(k) for k in s3_server.env()}
-    os.environ.update(s3_server.env())
-    try:
-        with local_mesh(workers=3, min_task_bytes=1, work_dir=tmp_path) as mesh:
-            mesh.register_parquet("orders", "s3://envonly/orders")  # a folder: the / is added
-            sql = "SELECT o_orderstatus, count(*) AS n, sum(o_totalprice) AS total FROM orders GROUP BY 1"
-            diff = compare_tables(mesh.sql(sql), reference(sql), ordered=False)
-            assert diff is None, diff
-            assert mesh.last_run is not None and len(mesh.last_run.peers_used) > 1
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with environment(s3_server.env()), local_mesh(workers=3, min_task_bytes=1, work_dir=tmp_path) as mesh:
+        mesh.register_parquet("orders", "s3://envonly/orders")  # a folder: the / is added
+        sql = "SELECT o_orderstatus, count(*) AS n, sum(o_totalprice) AS total FROM orders GROUP BY 1"
+        diff = compare_tables(mesh.sql(sql), reference(sql), ordered=False)
+        assert diff is None, diff
+        assert mesh.last_run is not None and len(mesh.last_run.peers_used) > 1
 
 
 def test_a_bucket_nobody_configured_is_named_with_what_to_add(s3_mesh: Mesh) -> None:

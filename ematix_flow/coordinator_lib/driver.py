@@ -28,7 +28,6 @@ from ematix_flow.coordinator_lib.stage_schemas import schemas_at
 from ematix_flow.coordinator_lib.state import Assignment, QueryState
 from ematix_flow.engine.exchange import schema_bytes, unique_names
 from ematix_flow.engine.run import decode, stream_partitions
-from ematix_flow.engine.stores import store_urls
 from ematix_flow.engine.tasks import TaskRunner
 from ematix_flow.errors import (
     FlowError,
@@ -227,9 +226,8 @@ class QueryDriver:
         else:
             ctx = self.sub.runner.ctx
             plan = decode(ctx, planned.plan_bytes, self.sub.runner.storage)
-        buckets = store_urls(planned.plan_bytes) if planned.plan_bytes else []
         try:
-            for batch in stream_partitions(ctx, plan, buckets=buckets):
+            for batch in stream_partitions(ctx, plan, source=planned.plan_bytes):
                 report.rows += batch.num_rows
                 progress.streaming()
                 yield batch
@@ -337,7 +335,7 @@ class QueryDriver:
                 self._fill_schemas(state, planned, root.inputs)
                 spec = state.root_spec()
                 plan, state.root_fetched = runner.prepare(spec, self.sub.scratch / state.query_id)
-                rest = stream_partitions(runner.ctx, plan, buckets=store_urls(spec.plan))
+                rest = stream_partitions(runner.ctx, plan, source=spec.plan)
                 return next(rest, None), rest
             except PeerUnreachableError as exc:
                 self._peer_failed(state, None, exc)

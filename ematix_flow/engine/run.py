@@ -9,7 +9,7 @@ from __future__ import annotations
 import queue
 import re
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,16 +88,19 @@ def is_panic(exc: BaseException) -> bool:
     return type(exc).__name__ == "PanicException"
 
 
-def _execution_error(exc: BaseException, buckets: Sequence[str] = ()) -> FlowError:
+def _execution_error(exc: BaseException, source: bytes = b"") -> FlowError:
     """Classify DataFusion's plain exception text, once, where it is caught (the engine boundary).
 
-    ``buckets``: the store URLs the plan reads or writes, named when an object store failed.
+    ``source``: the serialized plan; the buckets it names are read from it only when an object store
+    failed (never on the way of a task that succeeds).
     """
     if isinstance(exc, FlowError):
         return exc
     text = str(exc)
-    failure = stores.storage_failure(text, buckets)
-    if failure is not None:
+    failure = stores.is_storage_failure(text) and stores.storage_failure(
+        text, stores.store_urls(source) if source else ()
+    )
+    if failure:
         return failure
     if "Resources exhausted" in text:
         detail = first_line(text.split("Resources exhausted:", 1)[-1], 200)
@@ -114,12 +117,12 @@ def write_partitions(
     plan: ExecutionPlan,
     out_dir: Path,
     cancel: threading.Event | None = None,
-    buckets: Sequence[str] = (),
+    source: bytes = b"",
 ) -> list[PartitionOutput]:
     """Run every partition of ``plan`` concurrently, each written to ``out_dir/p<k>.arrow``.
 
     Setting ``cancel`` stops every partition at its next batch (the task then fails as cancelled).
-    ``buckets``: the store URLs the plan touches (for the error if an object store fails).
+    ``source``: the serialized plan (to name its buckets if an object store fails).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     n = plan.partition_count
@@ -164,16 +167,16 @@ def write_partitions(
     for t in threads:
         t.join()
     if errors:
-        raise _execution_error(errors[0], buckets) from errors[0]
+        raise _execution_error(errors[0], source) from errors[0]
     return [r for r in results if r is not None]
 
 
 def stream_partitions(
-    ctx: SessionContext, plan: ExecutionPlan, capacity: int = 16, buckets: Sequence[str] = ()
+    ctx: SessionContext, plan: ExecutionPlan, capacity: int = 16, source: bytes = b""
 ) -> Generator[pa.RecordBatch, None, None]:
     """Yield the batches of every partition of ``plan`` as they come (partitions run concurrently).
 
-    ``buckets``: the store URLs the plan touches (for the error if an object store fails).
+    ``source``: the serialized plan (to name its buckets if an object store fails).
     """
     n = plan.partition_count
     if n == 1:
@@ -181,14 +184,14 @@ def stream_partitions(
             for rb in ctx.execute(plan, 0):
                 yield rb.to_pyarrow()
         except Exception as exc:
-            raise _execution_error(exc, buckets) from exc
+            raise _execution_error(exc, source) from exc
         return
     try:
         # every partition's stream is made here, before any batch is out: an operator that refuses
         # to start (a cut the submitter re-plans, engine/run.py) fails before the caller saw rows
         streams = [ctx.execute(plan, p) for p in range(n)]
     except Exception as exc:
-        raise _execution_error(exc, buckets) from exc
+        raise _execution_error(exc, source) from exc
     q: queue.Queue[pa.RecordBatch | BaseException | None] = queue.Queue(maxsize=capacity)
     stop = threading.Event()
 
@@ -221,7 +224,7 @@ def stream_partitions(
             if item is None:
                 done += 1
             elif isinstance(item, BaseException):
-                raise _execution_error(item, buckets) from item
+                raise _execution_error(item, source) from item
             else:
                 yield item
     finally:

@@ -183,12 +183,17 @@ _CREDENTIAL_CODES = frozenset(
 )
 
 
+def is_storage_failure(text: str) -> bool:
+    """Whether an engine message is an object store's failure (see :func:`storage_failure`)."""
+    return _STORE_FAILURE.search(text) is not None
+
+
 def storage_failure(text: str, stores: Iterable[str]) -> StorageError | None:
     """A one-line StorageError for an object-store failure in an engine message; None if it is not one.
 
     ``stores``: the store URLs the failing work touched (named in the message; never a secret).
     """
-    if not _STORE_FAILURE.search(text):
+    if not is_storage_failure(text):
         return None
     text = _HTTP_QUERY.sub(r"\1", text)  # a signed URL's query string (SAS tokens...) is never shown
     where = ", ".join(f"{s}/" for s in sorted(set(stores))) or _where(text)

@@ -14,7 +14,7 @@ import pyarrow as pa
 from datafusion import SessionContext
 from datafusion.plan import ExecutionPlan
 
-from ematix_flow.engine import layout, stores
+from ematix_flow.engine import layout
 from ematix_flow.engine.exchange import (
     ScanTemplates,
     host_id,
@@ -73,7 +73,7 @@ class TaskRunner:
         try:
             plan, fetched = self.prepare(spec, task_dir)
             out = task_dir / layout.OUT_DIR
-            parts = write_partitions(self.ctx, plan, out, cancel, stores.store_urls(spec.plan))
+            parts = write_partitions(self.ctx, plan, out, cancel, spec.plan)
         finally:
             for p in layout.input_dirs(task_dir):
                 shutil.rmtree(p, ignore_errors=True)  # consumed inputs

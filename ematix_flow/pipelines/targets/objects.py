@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.engine.stores import filesystem, storage_failure
-from ematix_flow.errors import ConfigError, FlowError, LoadError, first_line
+from ematix_flow.errors import FlowError, LoadError, first_line
 from ematix_flow.pipelines.targets.base import (
     LoadMode,
     RunRecord,
@@ -42,13 +42,13 @@ from ematix_flow.pipelines.targets.base import (
 from ematix_flow.pipelines.targets.parquet import (
     HISTORY_SCHEMA,
     META_DIR,
-    MODES,
     PART_PREFIX,
     PENDING_PREFIX,
     _check_columns,
     _history_row,
     _part_name,
     _succeeded,
+    check_mode,
     check_same_columns,
 )
 from ematix_flow.urls import folder_url, parse_url
@@ -73,11 +73,7 @@ class ObjectParquetTarget:
 
     def check(self, mode: LoadMode, keys: list[str]) -> None:
         """Raise ConfigError unless ``mode`` is append or truncate."""
-        if mode not in MODES:
-            raise ConfigError(
-                f"{self.describe()}: parquet targets support append and truncate, not {mode}; "
-                "use duckdb/sqlite/postgres for merge/scd2"
-            )
+        check_mode(mode, self.describe())
 
     def last_watermark(self, pipeline: str, column: str) -> Watermark | None:
         """The watermark of the newest successful run of ``pipeline`` on ``column``; None if none."""

@@ -123,11 +123,7 @@ class ParquetTarget:
 
     def check(self, mode: LoadMode, keys: list[str]) -> None:
         """Raise ConfigError unless ``mode`` is append or truncate, or the path is a file."""
-        if mode not in MODES:
-            raise ConfigError(
-                f"{self.describe()}: parquet targets support append and truncate, not {mode}; "
-                "use duckdb/sqlite/postgres for merge/scd2"
-            )
+        check_mode(mode, self.describe())
         if self._folder.exists() and not self._folder.is_dir():
             raise ConfigError(f"{self.describe()}: is a file; a parquet target is a folder (fix the path)")
 
@@ -325,6 +321,15 @@ class ParquetTarget:
 
 
 # -------------------------------------------------------------------------- module helpers
+def check_mode(mode: LoadMode, where: str) -> None:
+    """Raise ConfigError unless ``mode`` is one a Parquet target loads by (append or truncate)."""
+    if mode not in MODES:
+        raise ConfigError(
+            f"{where}: parquet targets support append and truncate, not {mode}; "
+            "use duckdb/sqlite/postgres for merge/scd2"
+        )
+
+
 def check_same_columns(mine: pa.Schema, theirs: pa.Schema, where: str) -> None:
     """Raise ConfigError unless an append's columns (names and types) are those of the files there."""
     got = [(f.name, str(f.type)) for f in mine]
