@@ -7,6 +7,7 @@ and, for ``Mesh(via=...)``, ``ViaMesh`` (a Mesh whose queries a peer plans and d
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import tempfile
@@ -29,6 +30,9 @@ from ematix_flow.coordinator_lib.report import RunReport, render_graph
 from ematix_flow.coordinator_lib.subqueries import check_rows
 from ematix_flow.coordinator_lib.writes import Written, run_write
 from ematix_flow.engine import layout, stores
+from ematix_flow.engine.lake import delta
+from ematix_flow.engine.lake import registry as lake_registry
+from ematix_flow.engine.lake.snapshot import Snapshot
 from ematix_flow.engine.settings import execution_context, planning_context
 from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.engine.tasks import TaskRunner
@@ -37,6 +41,11 @@ from ematix_flow.transport.flight import ClientPool
 from ematix_flow.transport.messages import PeerInfo
 from ematix_flow.transport.tls import TLSConfig
 from ematix_flow.urls import folder_url, is_url, parse_url, urls_in
+
+
+def _storage(storage: str | os.PathLike[str] | StorageConfig) -> StorageConfig:
+    return storage if isinstance(storage, StorageConfig) else StorageConfig.load(storage)
+
 
 DEFAULT_MIN_TASK_BYTES = 4 * 1024 * 1024
 DEFAULT_LOCAL_BELOW_BYTES = 0  # the adaptive gate is off unless asked for
@@ -225,10 +234,50 @@ class Mesh:
             name, path, lambda: self._ctx.register_json(name, self._resolve(name, path), **options)
         )
 
+    def register_delta(
+        self,
+        name: str,
+        uri: str | os.PathLike[str],
+        *,
+        version: int | None = None,
+        timestamp: datetime.datetime | str | None = None,
+        storage: str | os.PathLike[str] | StorageConfig | None = None,
+    ) -> None:
+        """Register the Delta Lake table at ``uri`` (a folder or URL holding ``_delta_log/``) as ``name``.
+
+        The latest version, or ``version`` / the one current at ``timestamp`` (time travel). Its data
+        files are read by the peers; the query's filters skip files by partition values and file
+        statistics. ``storage`` (a ``--storage`` file or ``StorageConfig``) replaces this Mesh's for it.
+        The snapshot is read now: register again to see later commits.
+
+        Raises:
+            ConfigError: no Delta table there, no such version, or a feature the mesh does not read.
+            StorageError: the bucket is not configured or refused.
+        """
+        conf = self.storage if storage is None else _storage(storage)
+        snap = delta.snapshot(self._location(name, uri), conf, version, timestamp)
+        self._register_snapshot(name, snap, conf)
+
+    def _register_snapshot(self, name: str, snap: Snapshot, conf: StorageConfig) -> None:
+        stores.register(self._ctx, [f.url for f in snap.files[:1] if is_url(f.url)], conf)
+        if not lake_registry.deregister(self._ctx, name) and self._ctx.table_exist(name):
+            self._ctx.deregister_table(name)
+        lake_registry.register_snapshot(self._ctx, name, snap, self.partitions)
+
+    def _location(self, name: str, uri: str | os.PathLike[str]) -> str:
+        """A lake table's location: a URL, or a local folder made absolute (which must exist)."""
+        if is_url(uri):
+            return str(uri)
+        p = Path(uri).expanduser().resolve()
+        if not p.is_dir():
+            raise ConfigError(f"table {name}: no such directory: {uri}")
+        return str(p)
+
     def tables(self) -> dict[str, pa.Schema]:
         """Every registered table and its Arrow schema (``via``: what this session on the peer sees)."""
         schema = self._ctx.catalog().schema()
-        return {name: schema.table(name).schema for name in sorted(schema.names())}
+        names = [n for n in sorted(schema.names()) if not n.startswith(lake_registry.HIDDEN_PREFIX)]
+        return {name: self._ctx.table(name).schema() for name in names}
 
     def schema(self, sql: str, *, read_only: bool = False) -> pa.Schema:
         """The schema of the result of ``sql``, planned without running it.
@@ -249,7 +298,7 @@ class Mesh:
             self._ctx.register_udf(function)
 
     def _register(self, name: str, path: str | os.PathLike[str], action: Any) -> None:
-        if self._ctx.table_exist(name):
+        if not lake_registry.deregister(self._ctx, name) and self._ctx.table_exist(name):
             self._ctx.deregister_table(name)
         try:
             action()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 from datafusion import DataFrame, SessionContext, SQLOptions
@@ -12,8 +12,11 @@ from datafusion.plan import ExecutionPlan
 
 from ematix_flow.coordinator_lib import subqueries
 from ematix_flow.coordinator_lib.codec import codec_problem, node_infos
+from ematix_flow.engine.lake.registry import lake_scans, reads_lake, registry, without_statistics
 from ematix_flow.engine.stores import storage_failure
 from ematix_flow.errors import FlowError, QueryError, UnknownFieldError
+from ematix_flow.planner.lake import concretize
+from ematix_flow.planner.nodes import NodeInfo
 from ematix_flow.planner.stages import StageGraph, build_graph
 from ematix_flow.planner.writes import WriteTarget, plan_write
 
@@ -80,6 +83,13 @@ def dataframe(ctx: SessionContext, sql: str, *, read_only: bool = False) -> Data
 def plan_query(ctx: SessionContext, sql: str, keep: dict[int, str] | None = None) -> PlannedQuery:
     """Plan ``sql`` in ``ctx`` and cut it into stages (``keep``: exchanges not to cut, with why)."""
     df = dataframe(ctx, sql)
+    if reads_lake(ctx, df):
+        with without_statistics(ctx):
+            return _plan_query(ctx, sql, dataframe(ctx, sql), keep)
+    return _plan_query(ctx, sql, df, keep)
+
+
+def _plan_query(ctx: SessionContext, sql: str, df: DataFrame, keep: dict[int, str] | None) -> PlannedQuery:
     planned_in: SessionContext | None = None
     row_check: subqueries.RowCheck | None = None
     try:
@@ -100,6 +110,7 @@ def plan_query(ctx: SessionContext, sql: str, keep: dict[int, str] | None = None
         # e.g. RecursiveQueryExec: DataFusion has no encoding for it, so it cannot be shipped
         node = re.search(r"Plan: (\w+)", str(exc))
         reason = f"DataFusion cannot serialize its {node.group(1) if node else 'plan'}"
+        _refuse_lake_in_process(ctx, plan.display_indent(), reason)
         return PlannedQuery(
             sql, StageGraph([]), df.schema(), b"", local_plan=plan, local_reason=reason, row_check=row_check
         )
@@ -109,6 +120,7 @@ def plan_query(ctx: SessionContext, sql: str, keep: dict[int, str] | None = None
         if problem is None:
             if planned_in is not None:
                 keep = {**subqueries.exchanges_to_keep(planned_in, plan_bytes, infos), **(keep or {})}
+            plan_bytes, infos = _with_lake_files(ctx, df, plan_bytes, infos)
             graph = build_graph(plan_bytes, infos, keep)
             write = plan_write(graph)
             lines = tuple(i.line for i in infos)
@@ -126,6 +138,7 @@ def plan_query(ctx: SessionContext, sql: str, keep: dict[int, str] | None = None
         log.warning("a plan the walker cannot cut runs in-process: %s", exc)
         problem = f"ematix-flow's plan walker cannot cut it safely: {exc}"
     # the bytes would make peers run another plan (codec.py, fields.py): run this one here instead
+    _refuse_lake_in_process(ctx, plan.display_indent(), problem or "")
     return PlannedQuery(
         sql,
         StageGraph([]),
@@ -136,3 +149,35 @@ def plan_query(ctx: SessionContext, sql: str, keep: dict[int, str] | None = None
         planned_in=planned_in,
         row_check=row_check,
     )
+
+
+def _with_lake_files(
+    ctx: SessionContext, df: DataFrame, plan_bytes: bytes, infos: list[NodeInfo]
+) -> tuple[bytes, list[NodeInfo]]:
+    """The plan with its lake tables' template scans reading their snapshots' files (``planner/lake.py``)."""
+    scans = lake_scans(ctx, df, plan_bytes)
+    if not scans:
+        return plan_bytes, infos
+    plan_bytes, labels = concretize(plan_bytes, scans)
+    lines = list(infos)
+    for index, label in labels.items():
+        _, _, rest = infos[index].line.partition("]]}, ")  # what follows the template's file groups
+        lines[index] = replace(infos[index], line=f"DataSourceExec: {label}" + (f", {rest}" if rest else ""))
+    return plan_bytes, lines
+
+
+def _refuse_lake_in_process(ctx: SessionContext, plan_text: str, reason: str) -> None:
+    """A plan that would run uncut here reads no lake table (its template files are empty).
+
+    Raises:
+        QueryError: it reads one.
+    """
+    reg = registry(ctx)
+    if reg is None:
+        return
+    for table in reg.tables.values():
+        if table.template.lstrip("/") in plan_text:
+            raise QueryError(
+                f"this query reads the lake table {table.name} but cannot run on the mesh ({reason}); "
+                "lake tables are read only by distributed plans"
+            )

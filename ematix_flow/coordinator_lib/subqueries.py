@@ -33,6 +33,7 @@ from datafusion import DataFrame, SessionContext, SQLOptions
 from datafusion.plan import ExecutionPlan
 
 from ematix_flow.engine import stores
+from ematix_flow.engine.lake import registry as lake_registry
 from ematix_flow.engine.run import stream_partitions
 from ematix_flow.errors import QueryError, first_line
 from ematix_flow.planner.nodes import GATHERS, NodeInfo, PlanNode, attach_infos, parse_tree
@@ -67,6 +68,7 @@ def subquery_context(ctx: SessionContext) -> SessionContext:
     """
     other = SessionContext(ctx.copied_config().set(PHYSICAL_SUBQUERIES, "true"))
     stores.inherit(other, ctx)  # its object stores too (they live in the runtime, not the catalogs)
+    lake_registry.inherit(other, ctx)  # and its lake tables' snapshots
     for name in ctx.catalog_names():
         other.register_catalog_provider(name, ctx.catalog(name))
     # every function, built-in ones too (a UDF may replace one): ~3 ms, only for such queries

@@ -266,3 +266,53 @@ def _str(opts: Mapping[str, str | bool], key: str) -> str | None:
 
 def _env_region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or _DEFAULT_REGION
+
+
+#: Our option -> the object_store configuration key (what deltalake and other Rust readers take).
+_OBJECT_STORE_KEYS = {
+    "s3": {
+        "endpoint": "aws_endpoint",
+        "region": "aws_region",
+        "access_key_id": "aws_access_key_id",
+        "secret_access_key": "aws_secret_access_key",
+        "session_token": "aws_session_token",
+        "allow_http": "aws_allow_http",
+        "virtual_hosted_style": "aws_virtual_hosted_style_request",
+        "skip_signature": "aws_skip_signature",
+    },
+    "gcs": {"service_account_path": "google_service_account"},
+    "azure": {
+        "account": "azure_storage_account_name",
+        "access_key": "azure_storage_account_key",
+        "bearer_token": "azure_storage_token",
+        "client_id": "azure_client_id",
+        "client_secret": "azure_client_secret",
+        "tenant_id": "azure_tenant_id",
+        "use_emulator": "azure_storage_use_emulator",
+        "allow_http": "azure_allow_http",
+    },
+}
+
+
+def object_store_options(loc: Location, storage: StorageConfig) -> dict[str, str]:
+    """``loc``'s bucket configuration as object_store keys (``aws_endpoint``...), for deltalake.
+
+    What the configuration leaves out, the reader takes from the environment as we do; ``allow_http``
+    is read by us (AWS_ALLOW_HTTP) and passed, as for DataFusion's stores.
+
+    Raises:
+        StorageError: the bucket is not configured here.
+    """
+    conf = storage.bucket(loc)
+    keys = _OBJECT_STORE_KEYS.get(loc.cloud, {})
+    out = {
+        keys[k]: ("true" if v else "false") if isinstance(v, bool) else v
+        for k, v in conf.options.items()
+        if k in keys
+    }
+    if loc.cloud == "s3":
+        region = _str(conf.options, "region") or _env_region()
+        out.setdefault("aws_region", region)
+        if env_flag("AWS_ALLOW_HTTP"):
+            out.setdefault("aws_allow_http", "true")
+    return out
