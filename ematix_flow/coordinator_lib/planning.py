@@ -120,10 +120,10 @@ def _plan_query(ctx: SessionContext, sql: str, df: DataFrame, keep: dict[int, st
         if problem is None:
             if planned_in is not None:
                 keep = {**subqueries.exchanges_to_keep(planned_in, plan_bytes, infos), **(keep or {})}
+            lines = tuple(i.line for i in infos)  # as EXPLAIN shows them (stage_schemas.py)
             plan_bytes, infos = _with_lake_files(ctx, df, plan_bytes, infos)
             graph = build_graph(plan_bytes, infos, keep)
             write = plan_write(graph)
-            lines = tuple(i.line for i in infos)
             return PlannedQuery(
                 sql,
                 graph,

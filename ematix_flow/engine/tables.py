@@ -12,6 +12,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from ematix_flow.engine import objects
+from ematix_flow.engine.lake import delta
 from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.errors import ConfigError
 from ematix_flow.urls import folder_url, is_url
@@ -65,7 +66,19 @@ def kind_from_suffix(path: Path | str) -> str:
 
 
 def register_format(target: Registrar, kind: str, name: str, path: str) -> None:
-    """Register ``path`` as table ``name`` with the reader of format ``kind`` (parquet, csv or json)."""
+    """Register ``path`` as table ``name`` with the reader of format ``kind`` (parquet, csv, json, delta).
+
+    Raises:
+        ConfigError: a Delta table given to something that cannot read one (a plain DataFusion context).
+    """
+    if kind == "delta":
+        register_delta = getattr(target, "register_delta", None)
+        if register_delta is None:
+            raise ConfigError(
+                f"table {name}: {path} is a Delta table; register it on a Mesh (register_delta)"
+            )
+        register_delta(name, path)
+        return
     readers = {"parquet": target.register_parquet, "csv": target.register_csv, "json": target.register_json}
     readers[kind](name, path)
 
@@ -73,8 +86,9 @@ def register_format(target: Registrar, kind: str, name: str, path: str) -> None:
 def register(target: Registrar, name: str, path: Path | str, storage: StorageConfig | None = None) -> None:
     """Register ``path`` (a local path or an object-store URL) as table ``name`` with its format's reader.
 
-    A URL's format comes from its suffix; a folder URL's from the files under it (listed with
-    ``storage``, this process's configuration).
+    A folder (or folder URL) holding ``_delta_log/`` is a Delta table. A URL's format comes from its
+    suffix; a folder URL's from the files under it (listed with ``storage``, this process's
+    configuration).
 
     Raises:
         ConfigError: ``path`` does not exist or its format is unknown.
@@ -82,12 +96,13 @@ def register(target: Registrar, name: str, path: Path | str, storage: StorageCon
     """
     if is_url(path):
         url = folder_url(str(path))
-        register_format(target, url_kind(url, storage or StorageConfig()), name, url)
+        kind = "delta" if delta.is_delta(url, storage) else url_kind(url, storage or StorageConfig())
+        register_format(target, kind, name, url)
         return
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"table {name}: no such file or directory: {path}")
-    register_format(target, kind_of(path), name, str(path))
+    register_format(target, "delta" if delta.is_delta(str(path)) else kind_of(path), name, str(path))
 
 
 def url_kind(url: str, storage: StorageConfig) -> str:

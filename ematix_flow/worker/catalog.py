@@ -18,7 +18,7 @@ from ematix_flow.worker.policy import AccessPolicy
 
 @dataclass(frozen=True)
 class Table:
-    """One table: its name, format (``parquet``, ``csv`` or ``json``) and absolute path."""
+    """One table: its name, format (``parquet``, ``csv``, ``json`` or ``delta``) and absolute path."""
 
     name: str
     kind: str
@@ -44,6 +44,9 @@ class Catalog:
 
     def register_json(self, name: str, path: str) -> None:  # noqa: D102
         self._add(name, "json", path)
+
+    def register_delta(self, name: str, path: str) -> None:  # noqa: D102
+        self._add(name, "delta", path)
 
     def _add(self, name: str, kind: str, path: str) -> None:
         where = path if is_url(path) else str(Path(path).expanduser().resolve())

@@ -11,6 +11,7 @@ import datetime
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 
@@ -162,7 +163,7 @@ def _arrow_field(table: Any, name: str) -> pa.Field:
 
 
 def _file(location: str, action: dict[str, Any], columns: list[LakeColumn]) -> SnapshotFile:
-    path = str(action["path"])
+    path = unquote(str(action["path"]))  # the log holds it URI-encoded (a partition value's "#": %2523)
     url = path if "://" in path or path.startswith("/") else f"{location}/{path}"
     facts = FileFacts(rows=action.get("num_records"))
     for c in columns:

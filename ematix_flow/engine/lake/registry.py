@@ -58,7 +58,7 @@ class LakeRegistry:
 
     folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="flow-lake-")))
     tables: dict[str, LakeTable] = field(default_factory=dict)  # hidden name -> table
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
         atexit.register(shutil.rmtree, self.folder, True)

@@ -1,0 +1,214 @@
+"""Delta Lake tables on a real 3-peer mTLS mesh: snapshots, time travel, file skipping, refusals.
+
+The tables are written here with ``deltalake``; the answers are compared with single-process
+DataFusion over the Parquet files they were made from, or with deltalake's own reader.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from datafusion import SessionContext
+from deltalake import DeltaTable, write_deltalake
+from support import local_mesh, run_flow
+
+from ematix_flow import Mesh
+from ematix_flow.errors import ConfigError, QueryError
+from ematix_flow.workloads import tpch
+from ematix_flow.workloads.compare import compare_tables, query_is_ordered
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+#: Tables written partitioned (a partition column in the middle of the table's columns).
+PARTITIONED = {"orders": ["o_orderstatus"], "part": ["p_mfgr"]}
+
+
+def write_tpch_delta(parquet_dir: Path, out: Path) -> Path:
+    """TPC-H as Delta tables: orders and part partitioned, lineitem in two commits (two files)."""
+    for name in tpch.TABLES:
+        table = pq.read_table(parquet_dir / f"{name}.parquet")
+        if name == "lineitem":
+            half = table.num_rows // 2
+            write_deltalake(out / name, table.slice(0, half))
+            write_deltalake(out / name, table.slice(half), mode="append")
+        else:
+            write_deltalake(out / name, table, partition_by=PARTITIONED.get(name))
+    return out
+
+
+@pytest.fixture(scope="module")
+def delta_tpch(tpch_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """TPC-H SF 0.1 as Delta tables, one folder per table."""
+    base = tmp_path_factory.mktemp("delta-tpch")
+    yield write_tpch_delta(tpch_data, base)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def delta_mesh(delta_tpch: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """Three local workers; the TPC-H tables registered as Delta tables."""
+    base = tmp_path_factory.mktemp("delta-mesh")
+    with local_mesh(workers=3, min_task_bytes=1, work_dir=base) as mesh:
+        for name in tpch.TABLES:
+            mesh.register_delta(name, delta_tpch / name)
+        yield mesh
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", range(1, 23))
+def test_tpch_over_delta_equals_datafusion_over_parquet(
+    delta_mesh: Mesh, reference: Callable[[str], pa.Table], n: int
+) -> None:
+    sql = tpch.query(n)
+    got = delta_mesh.sql(sql)
+    diff = compare_tables(got, reference(sql), ordered=query_is_ordered(sql))
+    assert diff is None, f"q{n:02d}: {diff}"
+    report = delta_mesh.last_run
+    assert report is not None and report.graph is not None  # it ran on the peers, not in-process
+    assert len(report.peers_used) > 1
+
+
+def test_a_delta_table_keeps_its_column_order_and_types(delta_mesh: Mesh, delta_tpch: Path) -> None:
+    """A partition column in the middle stays there, as deltalake's reader shows the table."""
+    ours = delta_mesh.tables()["orders"]
+    theirs = pa.schema(DeltaTable(delta_tpch / "orders").schema().to_arrow())
+    assert ours.names == theirs.names
+    sql = "SELECT * FROM orders WHERE o_orderkey < 100"
+    reference = SessionContext()
+    reference.register_table("orders", DeltaTable(delta_tpch / "orders"))
+    diff = compare_tables(delta_mesh.sql(sql), reference.sql(sql).to_arrow_table(), ordered=False)
+    assert diff is None, diff
+
+
+def test_count_star_is_counted_not_taken_from_the_template_statistics(
+    delta_mesh: Mesh, reference: Callable[[str], pa.Table]
+) -> None:
+    for sql in ("SELECT count(*) AS n FROM lineitem", "SELECT min(o_orderdate) AS m FROM orders"):
+        diff = compare_tables(delta_mesh.sql(sql), reference(sql), ordered=False)
+        assert diff is None, f"{sql}: {diff}"
+
+
+def test_partition_values_and_statistics_skip_files(
+    delta_mesh: Mesh, reference: Callable[[str], pa.Table]
+) -> None:
+    """orders has 3 partitions (o_orderstatus): a filter on it reads 1 file of 3, and says so."""
+    sql = "SELECT count(*) AS n, sum(o_totalprice) AS total FROM orders WHERE o_orderstatus = 'F'"
+    text = delta_mesh.explain(sql, analyze=True)
+    assert "1 of 3 files" in text, text
+    diff = compare_tables(delta_mesh.sql(sql), reference(sql), ordered=False)
+    assert diff is None, diff
+    everything = delta_mesh.explain("SELECT count(*) FROM orders")
+    assert "3 of 3 files" in everything
+
+
+def test_a_filter_no_file_can_match_reads_none_and_answers_empty(delta_mesh: Mesh) -> None:
+    sql = "SELECT o_orderkey FROM orders WHERE o_orderstatus = 'nothing'"
+    assert "0 of 3 files" in delta_mesh.explain(sql)
+    assert delta_mesh.sql(sql).num_rows == 0
+    assert (
+        delta_mesh.sql("SELECT count(*) AS n FROM orders WHERE o_orderstatus = 'nothing'")["n"][0].as_py()
+        == 0
+    )
+
+
+def test_time_travel_reads_an_older_version(tmp_path: Path) -> None:
+    path = tmp_path / "t"
+    write_deltalake(path, pa.table({"k": [1, 2], "p": ["a", "b"]}), partition_by=["p"])
+    write_deltalake(path, pa.table({"k": [3], "p": ["a"]}), mode="append")
+    write_deltalake(path, pa.table({"k": [10], "p": ["c"]}), mode="overwrite", partition_by=["p"])
+    sql = "SELECT p, sum(k) AS s, count(*) AS n FROM t GROUP BY p ORDER BY p"
+    with local_mesh(workers=2, min_task_bytes=1, work_dir=tmp_path) as mesh:
+        mesh.register_delta("t", path)
+        assert mesh.sql(sql).to_pylist() == [{"p": "c", "s": 10, "n": 1}]
+        mesh.register_delta("t", path, version=1)
+        assert mesh.sql(sql).to_pylist() == [{"p": "a", "s": 4, "n": 2}, {"p": "b", "s": 2, "n": 1}]
+        mesh.register_delta("t", path, version=0)
+        assert mesh.sql(sql).to_pylist() == [{"p": "a", "s": 1, "n": 1}, {"p": "b", "s": 2, "n": 1}]
+        with pytest.raises(ConfigError, match="Delta"):
+            mesh.register_delta("t", path, version=7)
+
+
+def test_column_mapping_by_name_reads_the_physical_columns(tmp_path: Path) -> None:
+    """Column mapping 'name': the files' columns are col-<uuid>; SQL sees the table's names."""
+    path = tmp_path / "mapped"
+    config = {
+        "delta.columnMapping.mode": "name",
+        "delta.minReaderVersion": "2",
+        "delta.minWriterVersion": "5",
+    }
+    data = pa.table({"k": [1, 2, 3], "v": ["x", "y", None], "p": [1, 1, 2]})
+    write_deltalake(path, data, partition_by=["p"], configuration=config)
+    assert any("col-" in name for f in path.rglob("*.parquet") for name in pq.read_schema(f).names), (
+        "deltalake wrote the logical names: this test would not test column mapping"
+    )
+    with local_mesh(workers=2, min_task_bytes=1, work_dir=tmp_path) as mesh:
+        mesh.register_delta("m", path)
+        got = mesh.sql("SELECT k, v, p FROM m WHERE k > 1 ORDER BY k")
+        assert got.to_pylist() == [{"k": 2, "v": "y", "p": 1}, {"k": 3, "v": None, "p": 2}]
+
+
+def _commit(path: Path, version: int, actions: list[dict[str, object]]) -> None:
+    log = path / "_delta_log" / f"{version:020d}.json"
+    log.write_text("\n".join(json.dumps(a) for a in actions) + "\n")
+
+
+def test_a_reader_feature_not_handled_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "widened"
+    write_deltalake(path, pa.table({"k": [1, 2]}))
+    protocol = {
+        "minReaderVersion": 3,
+        "minWriterVersion": 7,
+        "readerFeatures": ["typeWidening"],
+        "writerFeatures": ["typeWidening"],
+    }
+    _commit(path, 1, [{"protocol": protocol}])
+    with local_mesh(workers=1, work_dir=tmp_path) as mesh:
+        with pytest.raises(ConfigError, match="typeWidening"):
+            mesh.register_delta("w", path)
+
+
+def test_a_folder_that_is_not_a_delta_table_is_named(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    with local_mesh(workers=1, work_dir=tmp_path) as mesh:
+        with pytest.raises(ConfigError, match="no Delta table there"):
+            mesh.register_delta("x", tmp_path / "plain")
+        with pytest.raises(ConfigError, match="no such directory"):
+            mesh.register_delta("x", tmp_path / "missing")
+
+
+def test_a_query_that_must_run_in_process_refuses_a_delta_table(tmp_path: Path) -> None:
+    """A recursive CTE cannot be shipped: the template files must never be read instead."""
+    path = tmp_path / "t"
+    write_deltalake(path, pa.table({"k": [1, 2, 3]}))
+    sql = (
+        "WITH RECURSIVE r(n) AS (SELECT min(k) FROM t UNION ALL SELECT n + 1 FROM r WHERE n < 3) "
+        "SELECT count(*) FROM r"
+    )
+    with local_mesh(workers=1, work_dir=tmp_path) as mesh:
+        mesh.register_delta("t", path)
+        with pytest.raises(QueryError, match="lake table t"):
+            mesh.sql(sql)
+
+
+def test_flow_sql_recognises_a_delta_folder(delta_tpch: Path, tmp_path: Path) -> None:
+    result = run_flow(
+        "sql",
+        "--local",
+        "2",
+        "--table",
+        f"orders={delta_tpch / 'orders'}",
+        "--format",
+        "csv",
+        "SELECT o_orderstatus, count(*) AS n FROM orders GROUP BY 1 ORDER BY 1",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == '"o_orderstatus","n"'
+    assert len(result.stdout.splitlines()) == 4
