@@ -16,10 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 from datafusion import SessionContext
 from deltalake import DeltaTable, write_deltalake
-from support import local_mesh, run_flow
+from s3server import S3Server
+from support import environment, local_mesh, run_flow, spawned_workers_with
 
 from ematix_flow import Mesh
 from ematix_flow.errors import ConfigError, QueryError
+from ematix_flow.transport.tls import TLSConfig
 from ematix_flow.workloads import tpch
 from ematix_flow.workloads.compare import compare_tables, query_is_ordered
 
@@ -212,3 +214,62 @@ def test_flow_sql_recognises_a_delta_folder(delta_tpch: Path, tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == '"o_orderstatus","n"'
     assert len(result.stdout.splitlines()) == 4
+
+
+def test_delta_tables_in_a_bucket_with_time_travel_and_odd_partition_values(
+    s3_server: S3Server, tmp_path: Path, reference: Callable[[str], pa.Table], delta_tpch: Path
+) -> None:
+    """Tables copied to the moto S3 server; partition values with '#', '/', '%' and a space."""
+    odd = tmp_path / "odd"
+    write_deltalake(odd, pa.table({"k": [1, 2, 3], "p": ["a#1", "b c/d%", None]}), partition_by=["p"])
+    write_deltalake(odd, pa.table({"k": [4], "p": ["a#1"]}), mode="append")
+    s3_server.upload("deltalake", odd, "odd")
+    s3_server.upload("deltalake", delta_tpch / "orders", "tpch/orders")
+    sql = "SELECT o_orderstatus, count(*) AS n, sum(o_totalprice) AS total FROM orders GROUP BY 1"
+    with environment(s3_server.env()), local_mesh(workers=3, min_task_bytes=1, work_dir=tmp_path) as mesh:
+        mesh.register_delta("odd", "s3://deltalake/odd")
+        got = mesh.sql("SELECT p, sum(k) AS s FROM odd GROUP BY p ORDER BY p NULLS LAST").to_pylist()
+        assert got == [{"p": "a#1", "s": 5}, {"p": "b c/d%", "s": 2}, {"p": None, "s": 3}]
+        assert mesh.sql("SELECT k FROM odd WHERE p = 'b c/d%'").to_pylist() == [{"k": 2}]
+        mesh.register_delta("odd", "s3://deltalake/odd/", version=0)
+        assert mesh.sql("SELECT sum(k) AS s FROM odd").to_pylist() == [{"s": 6}]
+        mesh.register_delta("orders", "s3://deltalake/tpch/orders")
+        diff = compare_tables(mesh.sql(sql), reference(sql), ordered=False)
+        assert diff is None, diff
+        assert mesh.last_run is not None and len(mesh.last_run.peers_used) > 1
+        result = run_flow(
+            "sql",
+            "--local",
+            "2",
+            "--table",
+            "orders=s3://deltalake/tpch/orders/",
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM orders WHERE o_orderstatus = 'F'",
+            cwd=tmp_path,
+            env=s3_server.env(),
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[1] == str(
+            reference("SELECT count(*) AS n FROM orders WHERE o_orderstatus = 'F'")["n"][0].as_py()
+        )
+
+
+def test_a_worker_serves_delta_tables_to_flight_sql_sessions(
+    delta_tpch: Path, certs_dir: Path, tmp_path: Path, reference: Callable[[str], pa.Table]
+) -> None:
+    """flow-worker --table NAME=<Delta folder>, and CREATE EXTERNAL TABLE ... STORED AS DELTA via a peer."""
+    flags = ["--table", f"orders={delta_tpch / 'orders'}"]
+    with spawned_workers_with(2, certs_dir, tmp_path / "work", flags) as workers:
+        tls = TLSConfig.from_dir(certs_dir)
+        with Mesh([w.address for w in workers], tls, via=workers[0].address) as mesh:
+            mesh.register_delta("lineitem", str(delta_tpch / "lineitem"))
+            assert {"orders", "lineitem"} <= set(mesh.tables())
+            assert not any(n.startswith("__flow") for n in mesh.tables())
+            sql = (
+                "SELECT o_orderstatus, count(*) AS n, sum(l_quantity) AS q FROM orders "
+                "JOIN lineitem ON o_orderkey = l_orderkey GROUP BY 1"
+            )
+            assert compare_tables(mesh.sql(sql), reference(sql), ordered=False) is None
+            with pytest.raises(ConfigError, match="time travel"):
+                mesh.register_delta("old", str(delta_tpch / "lineitem"), version=0)

@@ -11,6 +11,7 @@ tables it creates (``CREATE EXTERNAL TABLE``) are its own until it closes.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import threading
@@ -25,6 +26,7 @@ from datafusion import AggregateUDF, ScalarUDF
 from ematix_flow.coordinator_lib.mesh import DEFAULT_LOCAL_BELOW_BYTES, DEFAULT_MIN_TASK_BYTES, Mesh
 from ematix_flow.coordinator_lib.progress import ProgressHook
 from ematix_flow.coordinator_lib.report import RunReport
+from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.errors import ConfigError, FlowError, QueryTimeoutError, first_line
 from ematix_flow.flightsql import metadata
 from ematix_flow.flightsql.ddl import CreateTable
@@ -265,6 +267,26 @@ class ViaMesh(Mesh):
     def register_json(self, name: str, path: str | os.PathLike[str], **options: Any) -> None:
         """Register a newline-delimited JSON file or folder (the peer's) in this session on the peer."""
         return self._client.register(name, "json", path, options)
+
+    def register_delta(
+        self,
+        name: str,
+        uri: str | os.PathLike[str],
+        *,
+        version: int | None = None,
+        timestamp: datetime.datetime | str | None = None,
+        storage: str | os.PathLike[str] | StorageConfig | None = None,
+    ) -> None:
+        """Register the Delta table at ``uri`` (the peer's path, or a URL) in this session on the peer.
+
+        The peer reads its latest version; ``version``, ``timestamp`` and ``storage`` are refused here.
+        """
+        if version is not None or timestamp is not None or storage is not None:
+            raise ConfigError(
+                f"table {name}: time travel and storage= cannot be sent through a peer (via=...); "
+                "register it on a Mesh that plans here"
+            )
+        return self._client.register(name, "delta", uri, {})
 
     def tables(self) -> dict[str, pa.Schema]:
         """The tables this session sees on the peer, with their schemas."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ematix_flow.errors import QueryError
 from ematix_flow.urls import is_url
 
-KINDS = ("parquet", "csv", "json")
+KINDS = ("parquet", "csv", "json", "delta")
 _START = re.compile(r"\s*CREATE\s+(OR\s+REPLACE\s+)?(UNBOUNDED\s+)?EXTERNAL\s+TABLE\b", re.IGNORECASE)
 _STATEMENT = re.compile(
     r"""\s*CREATE\s+(?P<replace>OR\s+REPLACE\s+)?EXTERNAL\s+TABLE\s+
@@ -30,7 +30,8 @@ _STATEMENT = re.compile(
     re.IGNORECASE | re.VERBOSE | re.DOTALL,
 )
 _FORM = (
-    "CREATE [OR REPLACE] EXTERNAL TABLE [IF NOT EXISTS] name STORED AS PARQUET|CSV|JSON LOCATION '/abs/path'"
+    "CREATE [OR REPLACE] EXTERNAL TABLE [IF NOT EXISTS] name "
+    "STORED AS PARQUET|CSV|JSON|DELTA LOCATION '/abs/path'"
 )
 
 
@@ -43,7 +44,7 @@ class CreateTable:
     """A parsed ``CREATE EXTERNAL TABLE``: register ``location`` as table ``name`` for the session."""
 
     name: str
-    kind: str  # parquet | csv | json
+    kind: str  # parquet | csv | json | delta
     location: str  # an absolute path on the peer, or an object-store URL
     replace: bool = False
     if_not_exists: bool = False
@@ -66,7 +67,9 @@ class CreateTable:
         kind = m.group("kind").lower()
         location = m.group("location").replace("''", "'")
         if kind not in KINDS:
-            raise QueryError(f"CREATE EXTERNAL TABLE ... STORED AS {kind.upper()}: use PARQUET, CSV or JSON")
+            raise QueryError(
+                f"CREATE EXTERNAL TABLE ... STORED AS {kind.upper()}: use PARQUET, CSV, JSON or DELTA"
+            )
         if not location.startswith("/") and not is_url(location):
             raise QueryError(
                 f"CREATE EXTERNAL TABLE {name}: LOCATION {location!r} must be an absolute path "
