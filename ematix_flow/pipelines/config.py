@@ -22,13 +22,13 @@ from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.errors import ConfigError
 from ematix_flow.urls import is_url
 
-SourceKind = Literal["parquet", "csv", "json", "duckdb", "sqlite", "postgres"]
-TargetKind = Literal["duckdb", "sqlite", "parquet", "postgres"]
+SourceKind = Literal["parquet", "csv", "json", "delta", "duckdb", "sqlite", "postgres"]
+TargetKind = Literal["duckdb", "sqlite", "parquet", "delta", "postgres"]
 Engine = Literal["datafusion", "distributed"]
 Dialect = Literal["datafusion", "spark", "duckdb"]
 Mode = Literal["append", "truncate", "merge", "scd2"]
 
-FILE_SOURCES = ("parquet", "csv", "json")
+FILE_SOURCES = ("parquet", "csv", "json", "delta")
 DATABASE_SOURCES = ("duckdb", "sqlite", "postgres")
 #: Target kinds and the load modes each one supports.
 TARGET_MODES: dict[str, tuple[str, ...]] = {
@@ -36,6 +36,7 @@ TARGET_MODES: dict[str, tuple[str, ...]] = {
     "sqlite": ("append", "truncate", "merge", "scd2"),
     "postgres": ("append", "truncate", "merge", "scd2"),
     "parquet": ("append", "truncate"),
+    "delta": ("append", "truncate", "merge", "scd2"),
 }
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -390,7 +391,7 @@ def _check_target(where: str, t: Target, watermark_column: str | None = None) ->
     if t.mode not in TARGET_MODES[t.kind]:
         raise ConfigError(
             f"{at} mode: {t.kind} targets support {', '.join(TARGET_MODES[t.kind])}, not {t.mode} "
-            "(use a duckdb, sqlite or postgres target for merge and scd2)"
+            "(use a delta, duckdb, sqlite or postgres target for merge and scd2)"
         )
     if t.mode in ("merge", "scd2") and not t.keys:
         raise ConfigError(f'{at} keys: mode = "{t.mode}" needs keys = ["id", ...] (the business key)')
@@ -409,10 +410,10 @@ def _check_target(where: str, t: Target, watermark_column: str | None = None) ->
         if t.path:
             raise ConfigError(f"{at} path: postgres targets take dsn, not path")
     elif not t.path:
-        example = "warehouse.duckdb" if t.kind == "duckdb" else f"out/table.{t.kind}"
+        example = {"duckdb": "warehouse.duckdb", "delta": "lake/orders"}.get(t.kind, f"out/table.{t.kind}")
         raise ConfigError(f'{at} path: missing (add path = "{example}")')
-    if t.kind == "parquet":
+    if t.kind in ("parquet", "delta"):
         if t.table:
-            raise ConfigError(f"{at} table: parquet targets are a folder (path), they take no table")
+            raise ConfigError(f"{at} table: {t.kind} targets are a folder (path), they take no table")
     elif not t.table:
         raise ConfigError(f'{at} table: missing (add table = "schema.table" or "table")')

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SourceKind = Literal["parquet", "csv", "json", "duckdb", "sqlite", "postgres"]
+SourceKind = Literal["parquet", "csv", "json", "delta", "duckdb", "sqlite", "postgres"]
 FILE_KINDS = ("parquet", "csv", "json")
 DATABASE_KINDS = ("duckdb", "sqlite", "postgres")
 _EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "json": ".json"}
@@ -131,6 +131,11 @@ def register_source(
     QueryError when a source's query fails.
     """
     _check(name, spec)
+    if spec.kind == "delta":
+        given = spec.path or ""
+        location = given if is_url(given) else str(_existing(name, spec, base_dir))
+        _register_delta(sink, name, location, storage or StorageConfig())
+        return SourceInfo(name, spec.kind, location)
     if spec.kind in FILE_KINDS and is_url(spec.path or ""):
         url = _url_source(sink, name, spec, storage or StorageConfig())
         return SourceInfo(name, spec.kind, url)
@@ -157,7 +162,7 @@ def describe_source(spec: SourceLike, base_dir: Path) -> str:
     if spec.kind == "csv":
         header = "header" if spec.has_header else "no header"
         return f"csv {where} ({header}, delimiter {spec.delimiter!r})"
-    if spec.kind in FILE_KINDS:
+    if spec.kind in (*FILE_KINDS, "delta"):
         return f"{spec.kind} {where}"
     where = (
         _postgres_where(spec.dsn or "") if spec.kind == "postgres" else _resolve(spec.path or "", base_dir)
@@ -168,8 +173,8 @@ def describe_source(spec: SourceLike, base_dir: Path) -> str:
 
 # -------------------------------------------------------------------------------- files
 def _check(name: str, spec: SourceLike) -> None:
-    if spec.kind not in FILE_KINDS + DATABASE_KINDS:
-        kinds = ", ".join(FILE_KINDS + DATABASE_KINDS)
+    if spec.kind not in (*FILE_KINDS, "delta", *DATABASE_KINDS):
+        kinds = ", ".join((*FILE_KINDS, "delta", *DATABASE_KINDS))
         raise ConfigError(f"source {name}: kind {spec.kind!r} is not one of {kinds}")
     if spec.kind == "postgres" and not spec.dsn:
         raise ConfigError(f'source {name}: postgres needs dsn (e.g. dsn = "postgresql://user@host/db")')
@@ -222,6 +227,24 @@ def _url_source(
             raise failure from exc
         raise ConfigError(f"source {name}: cannot read {url} as {spec.kind}: {first_line(exc)}") from exc
     return url
+
+
+def _register_delta(
+    sink: datafusion.SessionContext | Mesh, name: str, location: str, storage: StorageConfig
+) -> None:
+    """A Delta table: its snapshot on a Mesh; deltalake's table provider (or dataset) on a SessionContext."""
+    if not isinstance(sink, datafusion.SessionContext):
+        sink.register_delta(name, location)
+        return
+    from ematix_flow.engine.lake import delta
+
+    table = delta.open_table(location, storage)
+    if sink.table_exist(name):
+        sink.deregister_table(name)
+    if is_url(location):  # deltalake's provider cannot reach a bucket from this context: its dataset can
+        sink.register_dataset(name, table.to_pyarrow_dataset())
+    else:
+        sink.register_table(name, table)
 
 
 def _register_file(sink: datafusion.SessionContext | Mesh, name: str, spec: SourceLike, path: Path) -> None:

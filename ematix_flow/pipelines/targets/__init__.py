@@ -1,4 +1,4 @@
-"""Targets: where a pipeline's result is loaded (DuckDB, SQLite, PostgreSQL, Parquet).
+"""Targets: where a pipeline's result is loaded (DuckDB, SQLite, PostgreSQL, Parquet, Delta Lake).
 
 ``open_target`` picks the implementation by kind and imports it only then, so a pipeline that
 loads into DuckDB never imports psycopg.
@@ -23,7 +23,7 @@ from ematix_flow.errors import ConfigError
 from ematix_flow.pipelines.targets.base import Target
 from ematix_flow.urls import is_url
 
-KINDS = ("duckdb", "sqlite", "postgres", "parquet")
+KINDS = ("duckdb", "sqlite", "postgres", "parquet", "delta")
 
 __all__ = ["KINDS", "open_target"]
 
@@ -62,6 +62,11 @@ def open_target(
         from ematix_flow.pipelines.targets.objects import ObjectParquetTarget
 
         return ObjectParquetTarget(path, storage or StorageConfig())
+    if kind == "delta":
+        from ematix_flow.pipelines.targets.delta import DeltaTarget
+
+        where = _required(kind, "path", path, "lake/orders")
+        return DeltaTarget(where if is_url(where) else str(_file(kind, where, base_dir)), storage)
     if kind == "parquet":
         from ematix_flow.pipelines.targets.parquet import ParquetTarget
 
