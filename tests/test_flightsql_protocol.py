@@ -112,7 +112,7 @@ def test_create_external_table_parses_like_datafusion_names_tables() -> None:
 @pytest.mark.parametrize(
     ("sql", "says"),
     [
-        ("CREATE EXTERNAL TABLE t STORED AS ORC LOCATION '/d'", "use PARQUET, CSV, JSON or DELTA"),
+        ("CREATE EXTERNAL TABLE t STORED AS ORC LOCATION '/d'", "use PARQUET, CSV, JSON, DELTA or ICEBERG"),
         ("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION 'rel/t'", "must be an absolute path"),
         ("CREATE EXTERNAL TABLE t (a INT) STORED AS CSV LOCATION '/d'", "the form served is"),
         ("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '/d' OPTIONS ('x' 'y')", "the form served is"),

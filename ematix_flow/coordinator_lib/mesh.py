@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -30,7 +30,7 @@ from ematix_flow.coordinator_lib.report import RunReport, render_graph
 from ematix_flow.coordinator_lib.subqueries import check_rows
 from ematix_flow.coordinator_lib.writes import Written, run_write
 from ematix_flow.engine import layout, stores
-from ematix_flow.engine.lake import delta
+from ematix_flow.engine.lake import delta, iceberg
 from ematix_flow.engine.lake import registry as lake_registry
 from ematix_flow.engine.lake.snapshot import Snapshot
 from ematix_flow.engine.settings import execution_context, planning_context
@@ -258,11 +258,39 @@ class Mesh:
         snap = delta.snapshot(self._location(name, uri), conf, version, timestamp)
         self._register_snapshot(name, snap, conf)
 
-    def _register_snapshot(self, name: str, snap: Snapshot, conf: StorageConfig) -> None:
+    def register_iceberg(
+        self,
+        name: str,
+        table: str,
+        *,
+        catalog: str | Mapping[str, str] = "default",
+        snapshot_id: int | None = None,
+        storage: str | os.PathLike[str] | StorageConfig | None = None,
+    ) -> None:
+        """Register the Iceberg table ``table`` ("namespace.table") of ``catalog`` as ``name``.
+
+        ``catalog``: pyiceberg catalog properties (``{"type": "sql", "uri": ..., "warehouse": ...}``),
+        or the name of an ``[iceberg.NAME]`` entry of the storage file. The current snapshot, or
+        ``snapshot_id`` (time travel). Files are planned through the catalog; columns are read by
+        field id (renamed and added columns read right); the query's filters skip files by their
+        column bounds. Register again to see later snapshots.
+
+        Raises:
+            ConfigError: no such catalog, table or snapshot, or delete files (not applied yet).
+            StorageError: the store refused or did not answer.
+        """
+        conf = self.storage if storage is None else _storage(storage)
+        props = conf.catalog(catalog) if isinstance(catalog, str) else dict(catalog)
+        snap, branches = iceberg.snapshot(table, props, conf, snapshot_id)
+        self._register_snapshot(name, snap, conf, branches)
+
+    def _register_snapshot(
+        self, name: str, snap: Snapshot, conf: StorageConfig, branches: list[Snapshot] | None = None
+    ) -> None:
         stores.register(self._ctx, [f.url for f in snap.files[:1] if is_url(f.url)], conf)
         if not lake_registry.deregister(self._ctx, name) and self._ctx.table_exist(name):
             self._ctx.deregister_table(name)
-        lake_registry.register_snapshot(self._ctx, name, snap, self.partitions)
+        lake_registry.register_snapshot(self._ctx, name, snap, self.partitions, branches)
 
     def _location(self, name: str, uri: str | os.PathLike[str]) -> str:
         """A lake table's location: a URL, or a local folder made absolute (which must exist)."""

@@ -182,7 +182,9 @@ class ViaClient:
                 f"table {name}: reader options ({', '.join(options)}) cannot be sent through a peer (via=...)"
             )
         text = os.fspath(path)
-        if is_url(text):
+        if kind == "iceberg":
+            pass  # iceberg://CATALOG/namespace.table: a catalog of the peer's storage file
+        elif is_url(text):
             text = folder_url(text)  # the peer resolves the bucket with its own --storage / environment
         elif not text.startswith("/"):
             raise ConfigError(
@@ -287,6 +289,26 @@ class ViaMesh(Mesh):
                 "register it on a Mesh that plans here"
             )
         return self._client.register(name, "delta", uri, {})
+
+    def register_iceberg(
+        self,
+        name: str,
+        table: str,
+        *,
+        catalog: str | Mapping[str, str] = "default",
+        snapshot_id: int | None = None,
+        storage: str | os.PathLike[str] | StorageConfig | None = None,
+    ) -> None:
+        """Register an Iceberg table of a catalog named in the peer's storage file, in this session.
+
+        ``catalog`` must be a name (properties and ``snapshot_id`` are refused: the peer plans).
+        """
+        if not isinstance(catalog, str) or snapshot_id is not None or storage is not None:
+            raise ConfigError(
+                f"table {name}: through a peer (via=...), name a catalog of its --storage file; "
+                "catalog properties, snapshot_id and storage= are for a Mesh that plans here"
+            )
+        return self._client.register(name, "iceberg", f"iceberg://{catalog}/{table}", {})
 
     def tables(self) -> dict[str, pa.Schema]:
         """The tables this session sees on the peer, with their schemas."""

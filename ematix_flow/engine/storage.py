@@ -129,9 +129,13 @@ class StorageConfig:
     """Every bucket a process may read or write, from a ``--storage`` file and the environment."""
 
     def __init__(
-        self, buckets: Mapping[tuple[str, str], BucketConfig] | None = None, source: str = ""
+        self,
+        buckets: Mapping[tuple[str, str], BucketConfig] | None = None,
+        source: str = "",
+        catalogs: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self._buckets = dict(buckets or {})
+        self._catalogs = {name: dict(props) for name, props in (catalogs or {}).items()}
         self.source = source  # the file it was read from ("" when only the environment)
 
     @classmethod
@@ -153,10 +157,15 @@ class StorageConfig:
             raise ConfigError(f"{where}: not valid TOML ({exc})") from exc
         env = os.environ if env is None else env
         buckets: dict[tuple[str, str], BucketConfig] = {}
+        catalogs: dict[str, dict[str, str]] = {}
         for cloud, tables in data.items():
+            if cloud == "iceberg" and isinstance(tables, dict):
+                catalogs = _catalogs(where, tables, env)
+                continue
             if cloud not in OPTIONS or not isinstance(tables, dict):
                 raise ConfigError(
-                    f"{where}: unknown section [{cloud}]: use [s3.BUCKET], [gcs.BUCKET] or [azure.CONTAINER]"
+                    f"{where}: unknown section [{cloud}]: use [s3.BUCKET], [gcs.BUCKET], [azure.CONTAINER] "
+                    "or [iceberg.CATALOG]"
                 )
             for bucket, options in tables.items():
                 if not isinstance(options, dict):
@@ -166,7 +175,21 @@ class StorageConfig:
                 buckets[(cloud, bucket)] = BucketConfig(
                     cloud, bucket, _options(where, cloud, bucket, options, env)
                 )
-        return cls(buckets, str(path))
+        return cls(buckets, str(path), catalogs)
+
+    def catalog(self, name: str) -> dict[str, str]:
+        """The pyiceberg properties of the Iceberg catalog ``name`` (its ``[iceberg.NAME]`` table).
+
+        Raises:
+            ConfigError: no such catalog is configured.
+        """
+        if name not in self._catalogs:
+            known = ", ".join(sorted(self._catalogs)) or "none"
+            raise ConfigError(
+                f"no Iceberg catalog {name!r}: add [iceberg.{name}] (uri, warehouse, ...) to the --storage "
+                f"file (configured: {known})"
+            )
+        return {"name": name, **self._catalogs[name]}
 
     def bucket(self, loc: Location) -> BucketConfig:
         """The configuration serving ``loc``'s bucket: its own entry, else ``*``, else the environment.
@@ -191,6 +214,9 @@ class StorageConfig:
     def describe(self) -> str:
         """One line for logs and status pages: every configured bucket, secrets hidden."""
         entries = [b.describe() for _, b in sorted(self._buckets.items())]
+        entries += [
+            f"iceberg.{name} ({_catalog_shown(props)})" for name, props in sorted(self._catalogs.items())
+        ]
         return "; ".join(entries) or "the environment only"
 
     def __repr__(self) -> str:
@@ -215,6 +241,32 @@ def _options(
             raise ConfigError(f"{where}: [{cloud}.{bucket}] {key} must be a string")
         out[key] = _expand(where, f"[{cloud}.{bucket}] {key}", value, env)
     return out
+
+
+def _catalogs(where: str, tables: Mapping[str, object], env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """The ``[iceberg.NAME]`` tables: pyiceberg catalog properties, strings, ``${ENV}`` expanded."""
+    out: dict[str, dict[str, str]] = {}
+    for name, props in tables.items():
+        if not isinstance(props, dict):
+            raise ConfigError(f'{where}: [iceberg.{name}] must be a table (write [iceberg."{name}"])')
+        resolved = {}
+        for key, value in props.items():
+            if not isinstance(value, str | bool | int):
+                raise ConfigError(f"{where}: [iceberg.{name}] {key} must be a string")
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            resolved[key] = _expand(where, f"[iceberg.{name}] {key}", text, env)
+        out[name] = resolved
+    return out
+
+
+def _catalog_shown(props: Mapping[str, str]) -> str:
+    """A catalog's properties as logs may show them: secrets, passwords and tokens as ``***``."""
+    hidden = ("secret", "password", "token", "credential")
+    shown = []
+    for key, value in sorted(props.items()):
+        secret = any(h in key.lower() for h in hidden) or ("://" in value and "@" in value)
+        shown.append(f"{key}={'***' if secret else value}")
+    return ", ".join(shown)
 
 
 def _expand(where: str, what: str, value: str, env: Mapping[str, str]) -> str:

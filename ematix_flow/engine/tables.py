@@ -38,6 +38,22 @@ class Registrar(ParquetRegistrar, Protocol):
         """Register the newline-delimited JSON file or folder ``path`` as table ``name``."""
 
 
+#: ``iceberg://CATALOG/namespace.table``: a table of an ``[iceberg.CATALOG]`` of the storage file.
+ICEBERG_SCHEME = "iceberg://"
+
+
+def parse_iceberg_url(url: str) -> tuple[str, str]:
+    """``iceberg://CATALOG/namespace.table`` -> (catalog, "namespace.table").
+
+    Raises:
+        ConfigError: not of that form.
+    """
+    catalog, _, identifier = url.removeprefix(ICEBERG_SCHEME).partition("/")
+    if not url.startswith(ICEBERG_SCHEME) or not catalog or "." not in identifier.strip("/"):
+        raise ConfigError(f"{url!r}: an Iceberg table is iceberg://CATALOG/namespace.table")
+    return catalog, identifier.strip("/")
+
+
 def kind_of(path: Path) -> str:
     """The format of a file, or of the files in a folder, from their extension.
 
@@ -71,6 +87,13 @@ def register_format(target: Registrar, kind: str, name: str, path: str) -> None:
     Raises:
         ConfigError: a Delta table given to something that cannot read one (a plain DataFusion context).
     """
+    if kind == "iceberg":
+        catalog, identifier = parse_iceberg_url(path)
+        register_iceberg = getattr(target, "register_iceberg", None)
+        if register_iceberg is None:
+            raise ConfigError(f"table {name}: {path} is an Iceberg table; register it on a Mesh")
+        register_iceberg(name, identifier, catalog=catalog)
+        return
     if kind == "delta":
         register_delta = getattr(target, "register_delta", None)
         if register_delta is None:
@@ -86,7 +109,8 @@ def register_format(target: Registrar, kind: str, name: str, path: str) -> None:
 def register(target: Registrar, name: str, path: Path | str, storage: StorageConfig | None = None) -> None:
     """Register ``path`` (a local path or an object-store URL) as table ``name`` with its format's reader.
 
-    A folder (or folder URL) holding ``_delta_log/`` is a Delta table. A URL's format comes from its
+    A folder (or folder URL) holding ``_delta_log/`` is a Delta table; ``iceberg://CATALOG/ns.table``
+    an Iceberg table of a catalog of the storage file. A URL's format comes from its
     suffix; a folder URL's from the files under it (listed with ``storage``, this process's
     configuration).
 
@@ -94,6 +118,9 @@ def register(target: Registrar, name: str, path: Path | str, storage: StorageCon
         ConfigError: ``path`` does not exist or its format is unknown.
         StorageError: the URL's bucket is not configured here or cannot be listed.
     """
+    if str(path).startswith(ICEBERG_SCHEME):
+        register_format(target, "iceberg", name, str(path))
+        return
     if is_url(path):
         url = folder_url(str(path))
         kind = "delta" if delta.is_delta(url, storage) else url_kind(url, storage or StorageConfig())

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ematix_flow.errors import QueryError
 from ematix_flow.urls import is_url
 
-KINDS = ("parquet", "csv", "json", "delta")
+KINDS = ("parquet", "csv", "json", "delta", "iceberg")
 _START = re.compile(r"\s*CREATE\s+(OR\s+REPLACE\s+)?(UNBOUNDED\s+)?EXTERNAL\s+TABLE\b", re.IGNORECASE)
 _STATEMENT = re.compile(
     r"""\s*CREATE\s+(?P<replace>OR\s+REPLACE\s+)?EXTERNAL\s+TABLE\s+
@@ -31,7 +31,7 @@ _STATEMENT = re.compile(
 )
 _FORM = (
     "CREATE [OR REPLACE] EXTERNAL TABLE [IF NOT EXISTS] name "
-    "STORED AS PARQUET|CSV|JSON|DELTA LOCATION '/abs/path'"
+    "STORED AS PARQUET|CSV|JSON|DELTA|ICEBERG LOCATION '/abs/path'"
 )
 
 
@@ -44,7 +44,7 @@ class CreateTable:
     """A parsed ``CREATE EXTERNAL TABLE``: register ``location`` as table ``name`` for the session."""
 
     name: str
-    kind: str  # parquet | csv | json | delta
+    kind: str  # parquet | csv | json | delta | iceberg
     location: str  # an absolute path on the peer, or an object-store URL
     replace: bool = False
     if_not_exists: bool = False
@@ -68,9 +68,15 @@ class CreateTable:
         location = m.group("location").replace("''", "'")
         if kind not in KINDS:
             raise QueryError(
-                f"CREATE EXTERNAL TABLE ... STORED AS {kind.upper()}: use PARQUET, CSV, JSON or DELTA"
+                f"CREATE EXTERNAL TABLE ... STORED AS {kind.upper()}: "
+                "use PARQUET, CSV, JSON, DELTA or ICEBERG"
             )
-        if not location.startswith("/") and not is_url(location):
+        if kind == "iceberg" and not location.startswith("iceberg://"):
+            raise QueryError(
+                f"CREATE EXTERNAL TABLE {name} STORED AS ICEBERG: LOCATION must be "
+                "'iceberg://CATALOG/namespace.table' (a catalog of the peer's --storage file)"
+            )
+        if kind != "iceberg" and not location.startswith("/") and not is_url(location):
             raise QueryError(
                 f"CREATE EXTERNAL TABLE {name}: LOCATION {location!r} must be an absolute path "
                 "(every peer reads the files at that same path) or an object-store URL (s3://...)"

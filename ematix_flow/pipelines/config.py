@@ -22,13 +22,13 @@ from ematix_flow.engine.storage import StorageConfig
 from ematix_flow.errors import ConfigError
 from ematix_flow.urls import is_url
 
-SourceKind = Literal["parquet", "csv", "json", "delta", "duckdb", "sqlite", "postgres"]
+SourceKind = Literal["parquet", "csv", "json", "delta", "iceberg", "duckdb", "sqlite", "postgres"]
 TargetKind = Literal["duckdb", "sqlite", "parquet", "delta", "postgres"]
 Engine = Literal["datafusion", "distributed"]
 Dialect = Literal["datafusion", "spark", "duckdb"]
 Mode = Literal["append", "truncate", "merge", "scd2"]
 
-FILE_SOURCES = ("parquet", "csv", "json", "delta")
+FILE_SOURCES = ("parquet", "csv", "json", "delta", "iceberg")
 DATABASE_SOURCES = ("duckdb", "sqlite", "postgres")
 #: Target kinds and the load modes each one supports.
 TARGET_MODES: dict[str, tuple[str, ...]] = {
@@ -343,7 +343,12 @@ def _check_source(where: str, name: str, src: Source) -> None:
         if not src.dsn:
             raise ConfigError(f'{at} dsn: missing (add dsn = "postgresql://user@host/db" or "${{PG_DSN}}")')
     elif not src.path:
-        raise ConfigError(f'{at} path: missing (add path = "data/{name}.{src.kind}")')
+        example = {"iceberg": "iceberg://CATALOG/namespace.table", "delta": f"lake/{name}"}
+        raise ConfigError(
+            f'{at} path: missing (add path = "{example.get(src.kind, f"data/{name}.{src.kind}")}")'
+        )
+    if src.kind == "iceberg" and not (src.path or "").startswith("iceberg://"):
+        raise ConfigError(f'{at} path: an Iceberg source is path = "iceberg://CATALOG/namespace.table"')
     if src.kind in DATABASE_SOURCES and bool(src.table) == bool(src.query):
         raise ConfigError(f'{at}: give exactly one of table = "name" or query = "SELECT ..."')
     if src.kind == "csv" and len(src.delimiter) != 1:

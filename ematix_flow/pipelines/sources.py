@@ -45,9 +45,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SourceKind = Literal["parquet", "csv", "json", "delta", "duckdb", "sqlite", "postgres"]
+SourceKind = Literal["parquet", "csv", "json", "delta", "iceberg", "duckdb", "sqlite", "postgres"]
 FILE_KINDS = ("parquet", "csv", "json")
 DATABASE_KINDS = ("duckdb", "sqlite", "postgres")
+LAKE_KINDS = ("delta", "iceberg")
 _EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "json": ".json"}
 _DECIMAL = re.compile(r"(?:DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)")
 
@@ -131,6 +132,9 @@ def register_source(
     QueryError when a source's query fails.
     """
     _check(name, spec)
+    if spec.kind == "iceberg":
+        _register_iceberg(sink, name, spec.path or "", storage or StorageConfig())
+        return SourceInfo(name, spec.kind, spec.path or "")
     if spec.kind == "delta":
         given = spec.path or ""
         location = given if is_url(given) else str(_existing(name, spec, base_dir))
@@ -162,6 +166,8 @@ def describe_source(spec: SourceLike, base_dir: Path) -> str:
     if spec.kind == "csv":
         header = "header" if spec.has_header else "no header"
         return f"csv {where} ({header}, delimiter {spec.delimiter!r})"
+    if spec.kind == "iceberg":
+        return f"iceberg {spec.path}"
     if spec.kind in (*FILE_KINDS, "delta"):
         return f"{spec.kind} {where}"
     where = (
@@ -173,8 +179,8 @@ def describe_source(spec: SourceLike, base_dir: Path) -> str:
 
 # -------------------------------------------------------------------------------- files
 def _check(name: str, spec: SourceLike) -> None:
-    if spec.kind not in (*FILE_KINDS, "delta", *DATABASE_KINDS):
-        kinds = ", ".join((*FILE_KINDS, "delta", *DATABASE_KINDS))
+    if spec.kind not in (*FILE_KINDS, *LAKE_KINDS, *DATABASE_KINDS):
+        kinds = ", ".join((*FILE_KINDS, *LAKE_KINDS, *DATABASE_KINDS))
         raise ConfigError(f"source {name}: kind {spec.kind!r} is not one of {kinds}")
     if spec.kind == "postgres" and not spec.dsn:
         raise ConfigError(f'source {name}: postgres needs dsn (e.g. dsn = "postgresql://user@host/db")')
@@ -245,6 +251,23 @@ def _register_delta(
         sink.register_dataset(name, table.to_pyarrow_dataset())
     else:
         sink.register_table(name, table)
+
+
+def _register_iceberg(
+    sink: datafusion.SessionContext | Mesh, name: str, url: str, storage: StorageConfig
+) -> None:
+    """An Iceberg table (``iceberg://CATALOG/ns.table``): its snapshot on a Mesh; read whole in-process."""
+    from ematix_flow.engine.lake import iceberg
+    from ematix_flow.engine.tables import parse_iceberg_url
+
+    catalog, identifier = parse_iceberg_url(url)
+    if not isinstance(sink, datafusion.SessionContext):
+        sink.register_iceberg(name, identifier, catalog=catalog)
+        return
+    table = iceberg.load_table(identifier, storage.catalog(catalog), storage)
+    if sink.table_exist(name):
+        sink.deregister_table(name)
+    sink.from_arrow(table.scan().to_arrow(), name=name)
 
 
 def _register_file(sink: datafusion.SessionContext | Mesh, name: str, spec: SourceLike, path: Path) -> None:

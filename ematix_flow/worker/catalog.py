@@ -18,7 +18,7 @@ from ematix_flow.worker.policy import AccessPolicy
 
 @dataclass(frozen=True)
 class Table:
-    """One table: its name, format (``parquet``, ``csv``, ``json`` or ``delta``) and absolute path."""
+    """One table: its name, format (parquet, csv, json, delta, iceberg) and absolute path or URL."""
 
     name: str
     kind: str
@@ -48,6 +48,9 @@ class Catalog:
     def register_delta(self, name: str, path: str) -> None:  # noqa: D102
         self._add(name, "delta", path)
 
+    def register_iceberg(self, name: str, table: str, *, catalog: str) -> None:  # noqa: D102
+        self.tables[name] = Table(name, "iceberg", f"iceberg://{catalog}/{table}")
+
     def _add(self, name: str, kind: str, path: str) -> None:
         where = path if is_url(path) else str(Path(path).expanduser().resolve())
         self.tables[name] = Table(name, kind, where)
@@ -55,7 +58,8 @@ class Catalog:
     def check(self, policy: AccessPolicy) -> None:
         """Refuse tables outside the worker's ``--data-root`` directories (AccessDeniedError)."""
         for table in self.tables.values():
-            policy.check_path(table.path, f"table {table.name}")
+            if table.kind != "iceberg":  # its files are checked when a plan reads them
+                policy.check_path(table.path, f"table {table.name}")
 
     def register(self, target: Registrar) -> None:
         """Register every table on ``target``."""

@@ -49,7 +49,7 @@ class LakeTable:
     hidden: str  # the template table's name
     template: str  # the template folder (absolute path, ending in "/")
     snapshot: Snapshot
-    read_types: dict[str, pa.DataType]  # partition column (physical) -> type as DataFusion plans it
+    read_types: dict[str, pa.DataType]  # column (physical) -> the type DataFusion plans it as
 
 
 @dataclass
@@ -64,9 +64,9 @@ class LakeRegistry:
         atexit.register(shutil.rmtree, self.folder, True)
         weakref.finalize(self, shutil.rmtree, self.folder, True)
 
-    def by_name(self, name: str) -> LakeTable | None:
-        """The lake table SQL calls ``name``."""
-        return next((t for t in self.tables.values() if t.name == name), None)
+    def by_name(self, name: str) -> list[LakeTable]:
+        """The template tables of the lake table SQL calls ``name`` (one per branch)."""
+        return [t for t in self.tables.values() if t.name == name]
 
 
 _REGISTRIES: weakref.WeakKeyDictionary[SessionContext, LakeRegistry] = weakref.WeakKeyDictionary()
@@ -84,54 +84,134 @@ def inherit(ctx: SessionContext, parent: SessionContext) -> None:
         _REGISTRIES[ctx] = reg
 
 
-def register_snapshot(ctx: SessionContext, name: str, snap: Snapshot, partitions: int) -> None:
+def register_snapshot(
+    ctx: SessionContext,
+    name: str,
+    snap: Snapshot,
+    partitions: int,
+    branches: list[Snapshot] | None = None,
+) -> None:
     """Register ``snap`` on ``ctx`` as table ``name`` (replacing a lake table of that name).
 
+    ``branches``: when the data files do not all name their columns alike (Iceberg after a rename,
+    files written before a column was added), one snapshot per layout, each with its files; the
+    table is then their UNION ALL, each branch's columns renamed, cast or null-filled to ``snap``'s.
+
     Raises:
-        ConfigError: the snapshot's files are in more than one store, or a column type is not read.
+        ConfigError: the snapshot's files are in more than one store.
     """
-    _store_of(snap)  # refused before anything is registered
+    parts = branches or [snap]
+    for branch in parts:
+        _store_of(branch)  # refused before anything is registered
     reg = _REGISTRIES.setdefault(ctx, LakeRegistry())
     with reg.lock:
-        old = reg.by_name(name)
-        if old is not None:
-            deregister(ctx, name)
-        hidden = f"{HIDDEN_PREFIX}{name}_{next(_counter)}"
-        folder = reg.folder / hidden
-        folder.mkdir()
-        data = [pa.field(c.physical, c.type) for c in snap.columns if not c.partition]
-        parts = [pa.field(c.physical, c.type) for c in snap.partition_columns]
-        empty = pa.schema(data + parts).empty_table()
-        for i in range(max(partitions, 1)):
-            pq.write_table(empty, folder / f"part-{i}.parquet")
-        template = f"{folder}/"
-        ctx.register_parquet(hidden, template)
-        planned = ctx.table(hidden).schema()
-        read_types = {c.physical: planned.field(c.physical).type for c in snap.partition_columns}
-        plain = [c.name for c in snap.columns] == [f.name for f in data + parts] and all(
-            c.name == c.physical for c in snap.columns
-        )
-        if plain:
-            ctx.deregister_table(hidden)
-            ctx.register_parquet(name, template)
-            hidden = name
+        deregister(ctx, name)
+        tables = [_register_template(ctx, reg, name, branch, partitions) for branch in parts]
+        if len(tables) == 1 and _plain(snap, tables[0]):
+            only = tables[0]
+            ctx.deregister_table(only.hidden)
+            ctx.register_parquet(name, only.template)
+            tables = [LakeTable(name, name, only.template, only.snapshot, only.read_types)]
         else:
-            select = ", ".join(f'"{c.physical}" AS "{c.name}"' for c in snap.columns)
-            ctx.register_view(name, ctx.sql(f'SELECT {select} FROM "{hidden}"'))
-        reg.tables[hidden] = LakeTable(name, hidden, template, snap, read_types)
+            ctx.register_view(name, ctx.sql(_union(ctx, snap, tables)))
+        for table in tables:
+            reg.tables[table.hidden] = table
+
+
+def _register_template(
+    ctx: SessionContext, reg: LakeRegistry, name: str, branch: Snapshot, partitions: int
+) -> LakeTable:
+    """A hidden template table for ``branch``: its data columns, then its partition columns."""
+    hidden = f"{HIDDEN_PREFIX}{name}_{next(_counter)}"
+    folder = reg.folder / hidden
+    folder.mkdir()
+    fields = [pa.field(c.physical, c.type) for c in branch.columns if not c.partition]
+    fields += [pa.field(c.physical, c.type) for c in branch.partition_columns]
+    empty = pa.schema(fields).empty_table()
+    for i in range(max(partitions, 1)):
+        pq.write_table(empty, folder / f"part-{i}.parquet")
+    template = f"{folder}/"
+    ctx.register_parquet(hidden, template)
+    planned = ctx.table(hidden).schema()
+    read_types = {c.physical: planned.field(c.physical).type for c in branch.columns}
+    return LakeTable(name, hidden, template, branch, read_types)
+
+
+def _plain(snap: Snapshot, table: LakeTable) -> bool:
+    """Whether the template reads the table's columns as they are: names, order (no view needed)."""
+    order = [c for c in table.snapshot.columns if not c.partition] + table.snapshot.partition_columns
+    same = [(c.name, c.physical) for c in order] == [(c.name, c.name) for c in snap.columns]
+    return same and all(c.name == c.physical for c in table.snapshot.columns)
+
+
+def _union(ctx: SessionContext, snap: Snapshot, tables: list[LakeTable]) -> str:
+    """The view over the branches: each projects the table's columns, in its order and types."""
+    selects = []
+    for table in tables:
+        by_name = {c.name: c for c in table.snapshot.columns}
+        exprs = []
+        for column in snap.columns:
+            want = read_type(column.type)
+            mine = by_name.get(column.name)
+            if mine is None:
+                expr = f"arrow_cast(NULL, '{type_name(want)}')"
+            elif table.read_types[mine.physical] != want:
+                expr = f"arrow_cast({_q(mine.physical)}, '{type_name(want)}')"
+            else:
+                expr = _q(mine.physical)
+            exprs.append(f"{expr} AS {_q(column.name)}")
+        selects.append(f"SELECT {', '.join(exprs)} FROM {_q(table.hidden)}")
+    return " UNION ALL ".join(selects)
+
+
+def read_type(t: pa.DataType) -> pa.DataType:
+    """The type DataFusion reads a Parquet column of Arrow type ``t`` as (strings and binaries as views)."""
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return pa.string_view()
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return pa.binary_view()
+    return t
+
+
+def type_name(t: pa.DataType) -> str:
+    """``t`` as DataFusion's ``arrow_cast`` names it.
+
+    Raises:
+        ConfigError: a type the lake tables' union views do not cast.
+    """
+    simple = {
+        pa.bool_(): "Boolean", pa.int8(): "Int8", pa.int16(): "Int16", pa.int32(): "Int32",
+        pa.int64(): "Int64", pa.uint8(): "UInt8", pa.uint16(): "UInt16", pa.uint32(): "UInt32",
+        pa.uint64(): "UInt64", pa.float32(): "Float32", pa.float64(): "Float64", pa.string(): "Utf8",
+        pa.large_string(): "LargeUtf8", pa.string_view(): "Utf8View", pa.binary(): "Binary",
+        pa.binary_view(): "BinaryView", pa.date32(): "Date32",
+    }  # fmt: skip
+    if t in simple:
+        return simple[t]
+    if pa.types.is_decimal128(t):
+        return f"Decimal128({t.precision}, {t.scale})"
+    if pa.types.is_timestamp(t):
+        unit = {"s": "Second", "ms": "Millisecond", "us": "Microsecond", "ns": "Nanosecond"}[t.unit]
+        return f'Timestamp({unit}, Some("{t.tz}"))' if t.tz else f"Timestamp({unit}, None)"
+    raise ConfigError(f"a column of type {t} cannot be read across files of different layouts yet")
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def deregister(ctx: SessionContext, name: str) -> bool:
     """Forget the lake table ``name`` on ``ctx``; False when it is not one."""
     reg = _REGISTRIES.get(ctx)
-    table = reg.by_name(name) if reg else None
-    if reg is None or table is None:
+    tables = reg.by_name(name) if reg else []
+    if reg is None or not tables:
         return False
     ctx.deregister_table(name)
-    if table.hidden != name:
-        ctx.deregister_table(table.hidden)
-    del reg.tables[table.hidden]
-    shutil.rmtree(table.template, ignore_errors=True)
+    for table in tables:
+        if table.hidden != name:
+            ctx.deregister_table(table.hidden)
+        del reg.tables[table.hidden]
+        shutil.rmtree(table.template, ignore_errors=True)
     return True
 
 
