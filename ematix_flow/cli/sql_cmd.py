@@ -49,12 +49,14 @@ def mesh_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "tables",
             multiple=True,
             metavar="NAME=PATH|URL",
-            help="Register a table: a file, a folder, or a URL such as s3://lake/sales/ (repeatable).",
+            help="Register a table: a file, a folder, a URL such as s3://lake/sales/, a Delta table's "
+            "folder, or iceberg://CATALOG/ns.table (a --storage catalog) (repeatable).",
         ),
         click.option(
             "--tables-dir",
             metavar="DIR|URL",
-            help="Register every Parquet/CSV/JSON file or folder in DIR (or under a URL prefix).",
+            help="Register every Parquet/CSV/JSON file or folder, and every Delta table, in DIR "
+            "(or under a URL prefix).",
         ),
         storage_option("for s3:// ... tables (--local peers get it too)"),
         click.option("--partitions", type=int, help="Shuffle width [2 x peers, at least 4]."),

@@ -489,6 +489,7 @@ class Mesh:
             w.stop()
         self.workers = []
         shutil.rmtree(self._scratch, ignore_errors=True)
+        lake_registry.release(self._ctx)
         if self._owned_dir is not None:
             shutil.rmtree(self._owned_dir, ignore_errors=True)
             self._owned_dir = None

@@ -250,12 +250,23 @@ def _catalogs(where: str, tables: Mapping[str, object], env: Mapping[str, str]) 
         if not isinstance(props, dict):
             raise ConfigError(f'{where}: [iceberg.{name}] must be a table (write [iceberg."{name}"])')
         resolved = {}
-        for key, value in props.items():
+        for key, value in _flattened(props).items():
             if not isinstance(value, str | bool | int):
                 raise ConfigError(f"{where}: [iceberg.{name}] {key} must be a string")
             text = str(value).lower() if isinstance(value, bool) else str(value)
             resolved[key] = _expand(where, f"[iceberg.{name}] {key}", text, env)
         out[name] = resolved
+    return out
+
+
+def _flattened(props: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    """TOML's dotted keys (``s3.endpoint = ...`` is a table ``s3``) back as pyiceberg's flat names."""
+    out: dict[str, object] = {}
+    for key, value in props.items():
+        if isinstance(value, dict):
+            out.update(_flattened(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
     return out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -28,6 +29,7 @@ from ematix_flow.errors import ConfigError, FlowError, first_line
 from ematix_flow.urls import is_url, parse_url
 
 _FIELD_ID = b"PARQUET:field_id"
+_USERINFO = re.compile(r"://[^/@\s]+@")
 _EPOCH = datetime.date(1970, 1, 1)
 
 
@@ -90,13 +92,15 @@ def load_table(identifier: str, catalog: Mapping[str, str], storage: StorageConf
         if failure is not None:
             raise failure from None
         kind = type(exc).__name__
+        text = _scrubbed(first_line(exc, 200))
         if kind in ("NoSuchTableError", "NoSuchNamespaceError"):
-            raise ConfigError(
-                f"iceberg table {identifier}: not in catalog {name} ({first_line(exc, 160)})"
-            ) from None
-        raise ConfigError(
-            f"iceberg table {identifier}: cannot load it ({kind}: {first_line(exc, 200)})"
-        ) from None
+            raise ConfigError(f"iceberg table {identifier}: not in catalog {name} ({text})") from None
+        raise ConfigError(f"iceberg table {identifier}: cannot load it ({kind}: {text})") from None
+
+
+def _scrubbed(text: str) -> str:
+    """``text`` without the user and password of a URL (a catalog's ``postgresql://u:p@host/db``)."""
+    return _USERINFO.sub("://***@", text)
 
 
 def snapshot(
@@ -212,4 +216,6 @@ def _failure(identifier: str, exc: Exception) -> FlowError:
     failure = storage_failure(str(exc), [])
     if failure is not None:
         return failure
-    return ConfigError(f"iceberg table {identifier}: cannot plan its files ({first_line(exc, 200)})")
+    return ConfigError(
+        f"iceberg table {identifier}: cannot plan its files ({_scrubbed(first_line(exc, 200))})"
+    )

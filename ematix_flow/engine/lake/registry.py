@@ -77,6 +77,13 @@ def registry(ctx: SessionContext) -> LakeRegistry | None:
     return _REGISTRIES.get(ctx)
 
 
+def release(ctx: SessionContext) -> None:
+    """Forget every lake table of ``ctx`` and remove their template files (a closed Mesh)."""
+    reg = _REGISTRIES.pop(ctx, None)
+    if reg is not None:
+        shutil.rmtree(reg.folder, ignore_errors=True)
+
+
 def inherit(ctx: SessionContext, parent: SessionContext) -> None:
     """Share ``parent``'s lake tables with ``ctx`` (a context made from it, sharing its catalogs)."""
     reg = _REGISTRIES.get(parent)
