@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import re
 import shutil
 import tempfile
 import threading
@@ -228,7 +229,7 @@ def reads_lake(ctx: SessionContext, df: DataFrame) -> bool:
     if reg is None or not reg.tables:
         return False
     text = df.logical_plan().display_indent()
-    return any(hidden in text for hidden in reg.tables)
+    return any(re.search(rf"TableScan: {re.escape(hidden)}(\s|$)", text, re.M) for hidden in reg.tables)
 
 
 @contextmanager
@@ -240,11 +241,21 @@ def without_statistics(ctx: SessionContext) -> Iterator[None]:
     """
     reg = _REGISTRIES.setdefault(ctx, LakeRegistry())
     with reg.lock:
+        before = _setting(ctx, _COLLECT_STATISTICS, "true")
         ctx.sql(f"SET {_COLLECT_STATISTICS} = false").collect()
         try:
             yield
         finally:
-            ctx.sql(f"SET {_COLLECT_STATISTICS} = true").collect()
+            ctx.sql(f"SET {_COLLECT_STATISTICS} = {before}").collect()
+
+
+def _setting(ctx: SessionContext, name: str, default: str) -> str:
+    """A DataFusion setting's value (``default`` when the context has no information schema)."""
+    try:
+        rows = ctx.sql(f"SELECT value FROM information_schema.df_settings WHERE name = '{name}'").to_pylist()
+    except Exception:  # a context made without information_schema
+        return default
+    return str(rows[0]["value"]) if rows and rows[0]["value"] is not None else default
 
 
 def _store_of(snap: Snapshot) -> str:
