@@ -30,6 +30,15 @@ def entries(prefix: str, storage: StorageConfig) -> list[tuple[str, bool]]:
     return out
 
 
+def names(prefix: str, storage: StorageConfig) -> list[str]:
+    """The names of the direct children of a URL prefix (none when it holds nothing).
+
+    Raises:
+        StorageError: the bucket is not configured or cannot be listed.
+    """
+    return sorted(i.path.rstrip("/").rsplit("/", 1)[-1] for i in _list(prefix, storage, recursive=False))
+
+
 def files(prefix: str, storage: StorageConfig) -> list[str]:
     """The paths of every file under a URL prefix (recursively).
 

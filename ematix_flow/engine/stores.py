@@ -198,7 +198,14 @@ def storage_failure(text: str, stores: Iterable[str]) -> StorageError | None:
     text = _HTTP_QUERY.sub(r"\1", text)  # a signed URL's query string (SAS tokens...) is never shown
     where = ", ".join(f"{s}/" for s in sorted(set(stores))) or _where(text)
     code = _S3_CODE.search(text)
-    refused = ("403 Forbidden", "ACCESS_DENIED", "necessary privileges", "necessary credentials")
+    refused = (
+        "403 Forbidden",
+        "ACCESS_DENIED",
+        "necessary privileges",
+        "necessary credentials",
+        "SIGNATURE_DOES_NOT_MATCH",  # pyarrow.fs (the AWS SDK's error names)
+        "INVALID_ACCESS_KEY_ID",
+    )
     if (code and code.group(1) in _CREDENTIAL_CODES) or any(r in text for r in refused):
         what = code.group(1) if code else "403 Forbidden"
         return StorageError(

@@ -41,10 +41,7 @@ def is_delta(path: str, storage: StorageConfig | None = None) -> bool:
         prefix = folder_url(path)
         if not prefix.endswith("/"):
             return False
-        names = [
-            e.rstrip("/").rsplit("/", 1)[-1] for e, _ in objects.entries(prefix, storage or StorageConfig())
-        ]
-        return LOG_DIR in names
+        return LOG_DIR in objects.names(prefix, storage or StorageConfig())
     return (Path(path) / LOG_DIR).is_dir()
 
 
@@ -75,8 +72,22 @@ def open_table(
     except FlowError:
         raise
     except Exception as exc:
+        if version is not None:
+            _check_version(uri, storage, version)
         raise _error(uri, exc) from None
     return table
+
+
+def _check_version(uri: str, storage: StorageConfig, version: int) -> None:
+    """Raise a ConfigError naming the latest version when ``version`` is past it."""
+    from deltalake import DeltaTable
+
+    try:
+        latest = DeltaTable(uri, storage_options=storage_options(uri, storage)).version()
+    except Exception:  # the table itself cannot be read: the first error says why
+        return
+    if version > latest or version < 0:
+        raise ConfigError(f"{uri}: the Delta table has no version {version} (its latest is {latest})")
 
 
 def _error(uri: str, exc: Exception) -> FlowError:
