@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -273,3 +275,52 @@ def test_a_worker_serves_delta_tables_to_flight_sql_sessions(
             assert compare_tables(mesh.sql(sql), reference(sql), ordered=False) is None
             with pytest.raises(ConfigError, match="time travel"):
                 mesh.register_delta("old", str(delta_tpch / "lineitem"), version=0)
+
+
+_Z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+
+
+def _z85(data: bytes) -> str:
+    """Z85 (as Delta encodes inline deletion vectors), zero-padded to a multiple of 4 bytes."""
+    data += b"\0" * (-len(data) % 4)
+    out = []
+    for i in range(0, len(data), 4):
+        value = int.from_bytes(data[i : i + 4], "big")
+        chunk = ""
+        for _ in range(5):
+            chunk = _Z85[value % 85] + chunk
+            value //= 85
+        out.append(chunk)
+    return "".join(out)
+
+
+def test_deletion_vectors_are_refused_by_name_and_a_table_without_them_reads(tmp_path: Path) -> None:
+    """deltalake writes no deletion vectors: one is committed by hand (inline, as Spark may write it)."""
+    from pyroaring import BitMap
+
+    path = tmp_path / "dv"
+    write_deltalake(path, pa.table({"k": pa.array(range(10), pa.int64())}),
+                    configuration={"delta.enableDeletionVectors": "true"})  # fmt: skip
+    log = path / "_delta_log" / f"{0:020d}.json"
+    add = next(json.loads(line)["add"] for line in log.read_text().splitlines() if '"add"' in line)
+    bitmap = BitMap([0, 1, 2]).serialize()  # rows 0-2 deleted
+    payload = struct.pack("<iqi", 1681511377, 1, 0) + bitmap  # RoaringBitmapArray: magic, 1 bitmap, key 0
+    vector = {
+        "storageType": "i",
+        "pathOrInlineDv": _z85(payload),
+        "sizeInBytes": len(payload),
+        "cardinality": 3,
+    }
+    now = int(time.time() * 1000)
+    remove = {"path": add["path"], "deletionTimestamp": now, "dataChange": True, "size": add["size"]}
+    _commit(
+        path, 1, [{"remove": remove}, {"add": {**add, "deletionVector": vector, "modificationTime": now}}]
+    )
+    theirs = SessionContext()
+    theirs.register_table("dv", DeltaTable(path))
+    assert theirs.sql("SELECT count(*) AS n FROM dv").to_pylist() == [{"n": 7}]  # deltalake applies it
+    with local_mesh(workers=2, min_task_bytes=1, work_dir=tmp_path) as mesh:
+        with pytest.raises(ConfigError, match="deletion vectors in version 1"):
+            mesh.register_delta("dv", path)
+        mesh.register_delta("dv", path, version=0)  # the feature is on, but no vector yet: read
+        assert mesh.sql("SELECT count(*) AS n FROM dv").to_pylist() == [{"n": 10}]
