@@ -178,6 +178,18 @@ def test_a_reader_feature_not_handled_is_refused_by_name(tmp_path: Path) -> None
             mesh.register_delta("w", path)
 
 
+def test_sql_cannot_write_into_a_delta_table(tmp_path: Path) -> None:
+    """INSERT INTO would write to the template files: refused, and the table is unchanged."""
+    path = tmp_path / "t"
+    write_deltalake(path, pa.table({"k": [1, 2]}))
+    with local_mesh(workers=1, work_dir=tmp_path) as mesh:
+        mesh.register_delta("t", path)
+        with pytest.raises(QueryError, match="t is a delta table, read-only in SQL"):
+            mesh.sql("INSERT INTO t VALUES (3)")
+        assert mesh.sql("SELECT count(*) AS n FROM t").to_pylist() == [{"n": 2}]
+    assert DeltaTable(path).version() == 0
+
+
 def test_a_folder_that_is_not_a_delta_table_is_named(tmp_path: Path) -> None:
     (tmp_path / "plain").mkdir()
     with local_mesh(workers=1, work_dir=tmp_path) as mesh:

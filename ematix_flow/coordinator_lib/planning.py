@@ -12,7 +12,13 @@ from datafusion.plan import ExecutionPlan
 
 from ematix_flow.coordinator_lib import subqueries
 from ematix_flow.coordinator_lib.codec import codec_problem, node_infos
-from ematix_flow.engine.lake.registry import lake_scans, reads_lake, registry, without_statistics
+from ematix_flow.engine.lake.registry import (
+    check_no_writes,
+    lake_scans,
+    reads_lake,
+    registry,
+    without_statistics,
+)
 from ematix_flow.engine.stores import storage_failure
 from ematix_flow.errors import FlowError, QueryError, UnknownFieldError
 from ematix_flow.planner.lake import concretize
@@ -155,6 +161,7 @@ def _with_lake_files(
     ctx: SessionContext, df: DataFrame, plan_bytes: bytes, infos: list[NodeInfo]
 ) -> tuple[bytes, list[NodeInfo]]:
     """The plan with its lake tables' template scans reading their snapshots' files (``planner/lake.py``)."""
+    check_no_writes(ctx, plan_bytes)
     scans = lake_scans(ctx, df, plan_bytes)
     if not scans:
         return plan_bytes, infos

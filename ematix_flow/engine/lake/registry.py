@@ -30,7 +30,7 @@ from datafusion import DataFrame, SessionContext
 
 from ematix_flow.engine.lake.pruning import keep
 from ematix_flow.engine.lake.snapshot import Snapshot, SnapshotFile
-from ematix_flow.errors import ConfigError
+from ematix_flow.errors import ConfigError, QueryError
 from ematix_flow.planner.lake import LakeFile, LakeScan
 from ematix_flow.planner.paths import file_accesses
 from ematix_flow.planner.scalars import scalar
@@ -267,6 +267,25 @@ def _store_of(snap: Snapshot) -> str:
 
 def _object_path(f: SnapshotFile) -> str:
     return parse_url(f.url).key if is_url(f.url) else f.url.lstrip("/")
+
+
+def check_no_writes(ctx: SessionContext, plan: bytes) -> None:
+    """Refuse a plan that writes into a lake table (its rows would go to the template files).
+
+    Raises:
+        QueryError: ``plan`` has a sink into a lake table's template folder.
+    """
+    reg = _REGISTRIES.get(ctx)
+    if reg is None or not reg.tables:
+        return
+    for access in file_accesses(plan):
+        path = access.path.removeprefix("file://").lstrip("/")
+        for table in reg.tables.values():
+            if access.write and path.startswith(table.template.lstrip("/").rstrip("/")):
+                raise QueryError(
+                    f"{table.name} is a {table.snapshot.kind} table, read-only in SQL here: load it with a "
+                    'pipeline ([target] kind = "delta") or the table\'s own tools'
+                )
 
 
 def lake_scans(ctx: SessionContext, df: DataFrame, plan: bytes) -> list[LakeScan]:
