@@ -493,6 +493,21 @@ def _datafusion_s3(options: EngineOptions) -> Engine:
     return DataFusionS3Engine(options)
 
 
+def _lake(name: str) -> EngineFactory:
+    def make(options: EngineOptions) -> Engine:
+        from bench import lakeengines  # deltalake / pyiceberg: imported when asked for
+
+        classes = {
+            "mesh-delta": lakeengines.MeshDeltaEngine,
+            "mesh-iceberg": lakeengines.MeshIcebergEngine,
+            "datafusion-delta": lakeengines.DataFusionDeltaEngine,
+        }
+        engine: Engine = classes[name](options)
+        return engine
+
+    return make
+
+
 ENGINES: dict[str, EngineFactory] = {
     "datafusion": DataFusionEngine,
     "mesh": MeshEngine,  # every query distributed (the adaptive gate is off by default)
@@ -519,6 +534,11 @@ ENGINES: dict[str, EngineFactory] = {
     # --storage s3: mesh and datafusion over a copy of the data in an S3 server (moto, loopback)
     "mesh-s3": _mesh_s3,
     "datafusion-s3": _datafusion_s3,
+    # the tables as lake tables (converted once beside the data): Delta and Iceberg on the mesh,
+    # and single-process DataFusion over deltalake's own table provider
+    "mesh-delta": _lake("mesh-delta"),
+    "mesh-iceberg": _lake("mesh-iceberg"),
+    "datafusion-delta": _lake("datafusion-delta"),
 }
 """Engine name -> factory. A factory raises :class:`EngineUnavailable` when it cannot run here."""
 

@@ -86,6 +86,15 @@ def test_a_file_is_skipped_only_when_no_row_can_pass(where: str, kept: bool, tmp
     assert keep(FILE, _filters(f"SELECT * FROM t WHERE {where}", tmp_path)) is kept
 
 
+def test_a_long_string_maximum_is_not_trusted(tmp_path: Path) -> None:
+    """It may be a truncated prefix, below the true maximum ("abcdefghijklmnopqrst" > the stat)."""
+    facts = FileFacts(minimum={"s": "a"}, maximum={"s": "abcdefghijklmnop"})
+    assert keep(facts, _filters("SELECT * FROM t WHERE s = 'abcdefghijklmnopqrst'", tmp_path))
+    assert not keep(facts, _filters("SELECT * FROM t WHERE s < 'a'", tmp_path))  # the minimum still is
+    short = FileFacts(minimum={"s": "a"}, maximum={"s": "abc"})
+    assert not keep(short, _filters("SELECT * FROM t WHERE s = 'abd'", tmp_path))
+
+
 def test_partition_values_are_exact_and_null_never_equals(tmp_path: Path) -> None:
     facts = FileFacts(partition={"s": "x"})
     assert keep(facts, _filters("SELECT * FROM t WHERE s = 'x'", tmp_path))

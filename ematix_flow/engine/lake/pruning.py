@@ -21,6 +21,9 @@ import datafusion.expr as dfx
 #: Statistic types trusted for ranges. Timestamps are left out (Delta writes them truncated to
 #: milliseconds, so a max can be below the true max); floats too (NaN orders above everything).
 _RANGE_TYPES = (int, decimal.Decimal, str, datetime.date)
+#: String maxima this long or longer are not trusted: writers truncate statistics (Iceberg at 16
+#: characters, Delta's Spark writer at 32), and not every writer rounds a truncated maximum up.
+TRUNCATED_STRINGS = 16
 _FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "=": "=", "!=": "!="}
 
 
@@ -96,15 +99,18 @@ def _never_compare(left: dfx.Expr, op: str, right: dfx.Expr, facts: FileFacts) -
     if value is None:
         return True
     low, high = facts.minimum.get(name), facts.maximum.get(name)
-    if not _usable(low, value) or not _usable(high, value):
-        raise _UnknownError
-    if op == "=":
-        return bool(value < low or value > high)
-    if op == "!=":
+    if isinstance(high, str) and len(high) >= TRUNCATED_STRINGS:
+        high = None  # perhaps a truncated prefix: below the true maximum
+    low_ok, high_ok = _usable(low, value), _usable(high, value)
+    if op == "=" and (low_ok or high_ok):
+        return bool((low_ok and value < low) or (high_ok and value > high))
+    if op == "!=" and low_ok and high_ok:
         return bool(low == high == value)
-    if op in ("<", "<="):
+    if op in ("<", "<=") and low_ok:
         return not _compare(low, op, value)
-    return not _compare(high, op, value)
+    if op in (">", ">=") and high_ok:
+        return not _compare(high, op, value)
+    raise _UnknownError
 
 
 def _compare(a: Any, op: str, b: Any) -> bool:

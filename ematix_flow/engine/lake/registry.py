@@ -281,7 +281,8 @@ def check_no_writes(ctx: SessionContext, plan: bytes) -> None:
     for access in file_accesses(plan):
         path = access.path.removeprefix("file://").lstrip("/")
         for table in reg.tables.values():
-            if access.write and path.startswith(table.template.lstrip("/").rstrip("/")):
+            folder = table.template.lstrip("/")
+            if access.write and (path.startswith(folder) or path == folder.rstrip("/")):
                 raise QueryError(
                     f"{table.name} is a {table.snapshot.kind} table, read-only in SQL here: load it with a "
                     'pipeline ([target] kind = "delta") or the table\'s own tools'
