@@ -36,7 +36,7 @@ def iceberg_copy(data_dir: Path, tables: Sequence[str]) -> dict[str, str]:
     """Each table as an Iceberg table of a SQL catalog under ``<data_dir>-iceberg/`` (made once)."""
     from pyiceberg.catalog import load_catalog
 
-    out = data_dir.parent / f"{data_dir.name}-iceberg"
+    out = data_dir.resolve().parent / f"{data_dir.name}-iceberg"
     (out / "wh").mkdir(parents=True, exist_ok=True)
     props = {
         "name": CATALOG,

@@ -1,12 +1,13 @@
 """Lake tables on a planning context: template tables registered, and each query's scans.
 
 A snapshot is registered as a hidden Parquet table over *template* files: as many empty Parquet
-files as the context's scans have partitions, with the table's data columns (by their physical
-names) and its partition columns last. Statistics are not collected for it (they would say 0
-rows: DataFusion would answer ``count(*)`` from them). A view under the table's name gives the
-columns their SQL names and the table's order. At planning, :func:`lake_scans` says which files of
-each snapshot the query needs (its filters, :mod:`.pruning`) and ``planner/lake.py`` puts them in
-the template scans.
+files as its scan has partitions (:func:`scan_partitions`), with the table's data columns (by
+their physical names) and its partition columns last. A view under the table's name gives the
+columns their SQL names and the table's order (for Iceberg, the UNION ALL of one template per file
+layout). A query reading one is planned without file statistics (:func:`without_statistics`: the
+templates' would say 0 rows, and DataFusion would answer ``count(*)`` from them). At planning,
+:func:`lake_scans` says which files of each snapshot the query needs (its filters,
+:mod:`.pruning`) and ``planner/lake.py`` puts them in the template scans.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from datafusion import DataFrame, SessionContext
 from ematix_flow.engine.lake.pruning import keep
 from ematix_flow.engine.lake.snapshot import Snapshot, SnapshotFile
 from ematix_flow.errors import ConfigError, QueryError
-from ematix_flow.planner.lake import LakeFile, LakeScan
+from ematix_flow.planner.lake import MIN_SPLIT_BYTES, LakeFile, LakeScan
 from ematix_flow.planner.paths import file_accesses
 from ematix_flow.planner.scalars import scalar
 from ematix_flow.urls import is_url, parse_url
@@ -136,13 +137,23 @@ def _register_template(
     fields = [pa.field(c.physical, c.type) for c in branch.columns if not c.partition]
     fields += [pa.field(c.physical, c.type) for c in branch.partition_columns]
     empty = pa.schema(fields).empty_table()
-    for i in range(max(partitions, 1)):
+    for i in range(scan_partitions(branch, partitions)):
         pq.write_table(empty, folder / f"part-{i}.parquet")
     template = f"{folder}/"
     ctx.register_parquet(hidden, template)
     planned = ctx.table(hidden).schema()
     read_types = {c.physical: planned.field(c.physical).type for c in branch.columns}
     return LakeTable(name, hidden, template, branch, read_types)
+
+
+def scan_partitions(snap: Snapshot, partitions: int) -> int:
+    """How many partitions a scan of ``snap`` has: as DataFusion splits Parquet files into ranges.
+
+    One per ``MIN_SPLIT_BYTES`` of data, at most ``partitions``: a small table is one partition, as
+    it would be read from Parquet directly (fewer, larger tasks; DataFusion plans around it).
+    """
+    total = sum(f.size for f in snap.files)
+    return max(1, min(partitions, -(-total // MIN_SPLIT_BYTES)))
 
 
 def _plain(snap: Snapshot, table: LakeTable) -> bool:
