@@ -336,3 +336,27 @@ def test_deletion_vectors_are_refused_by_name_and_a_table_without_them_reads(tmp
             mesh.register_delta("dv", path)
         mesh.register_delta("dv", path, version=0)  # the feature is on, but no vector yet: read
         assert mesh.sql("SELECT count(*) AS n FROM dv").to_pylist() == [{"n": 10}]
+
+
+def test_a_delta_folder_given_as_parquet_is_read_as_delta(tmp_path: Path) -> None:
+    """After an overwrite the folder holds both versions' files: read as Parquet, rows would double."""
+    path = tmp_path / "t"
+    write_deltalake(path, pa.table({"k": [1, 2, 3]}))
+    write_deltalake(path, pa.table({"k": [10, 20]}), mode="overwrite")
+    assert len(list(path.glob("*.parquet"))) == 2
+    with local_mesh(workers=2, min_task_bytes=1, work_dir=tmp_path) as mesh:
+        mesh.register_parquet("t", path)
+        assert mesh.sql("SELECT sum(k) AS s FROM t").to_pylist() == [{"s": 30}]
+    from ematix_flow.pipelines import runner
+    from ematix_flow.pipelines.config import Pipeline
+
+    for engine in ({}, {"engine": "distributed", "local": 2, "local_below_bytes": 0}):
+        data = {
+            "pipeline_name": "sums",
+            "sources": {"t": {"kind": "parquet", "path": "t"}},
+            "transform": {"sql": "SELECT sum(k) AS s FROM t", **engine},
+            "target": {"kind": "parquet", "path": f"out{len(engine)}", "mode": "truncate"},
+        }
+        pipeline = Pipeline.from_dict(data, origin=str(tmp_path / "p.toml"), base_dir=tmp_path)
+        assert runner.run(pipeline).status == "success"
+        assert pq.read_table(tmp_path / f"out{len(engine)}").to_pylist() == [{"s": 30}]

@@ -43,6 +43,15 @@ from ematix_flow.transport.tls import TLSConfig
 from ematix_flow.urls import folder_url, is_url, parse_url, urls_in
 
 
+def _holds_delta(path: str | os.PathLike[str], storage: StorageConfig) -> bool:
+    """Whether ``path`` is a folder (or a folder URL) holding a Delta table's log."""
+    text = os.fspath(path)
+    if is_url(text):
+        url = folder_url(text)
+        return url.endswith("/") and delta.is_delta(url, storage)
+    return Path(text).expanduser().is_dir() and delta.is_delta(str(Path(text).expanduser()))
+
+
 def _storage(storage: str | os.PathLike[str] | StorageConfig) -> StorageConfig:
     return storage if isinstance(storage, StorageConfig) else StorageConfig.load(storage)
 
@@ -219,7 +228,14 @@ class Mesh:
             raise
 
     def register_parquet(self, name: str, path: str | os.PathLike[str], **options: Any) -> None:
-        """Register a Parquet file or a folder of Parquet files as table ``name``."""
+        """Register a Parquet file or a folder of Parquet files as table ``name``.
+
+        A folder holding a Delta table (``_delta_log/``) is registered as one (``register_delta``):
+        its Parquet files include removed and older ones, which a folder scan would read.
+        """
+        if not options and _holds_delta(path, self.storage):
+            self.register_delta(name, path)
+            return
         self._register(
             name, path, lambda: self._ctx.register_parquet(name, self._resolve(name, path), **options)
         )

@@ -132,6 +132,8 @@ def register_source(
     QueryError when a source's query fails.
     """
     _check(name, spec)
+    if spec.kind == "parquet" and _delta_folder(spec.path or "", base_dir, storage or StorageConfig()):
+        spec = SourceSpec("delta", path=spec.path)  # its folder holds removed files too: read the log
     if spec.kind == "iceberg":
         _register_iceberg(sink, name, spec.path or "", storage or StorageConfig())
         return SourceInfo(name, spec.kind, spec.path or "")
@@ -233,6 +235,17 @@ def _url_source(
             raise failure from exc
         raise ConfigError(f"source {name}: cannot read {url} as {spec.kind}: {first_line(exc)}") from exc
     return url
+
+
+def _delta_folder(path: str, base_dir: Path, storage: StorageConfig) -> bool:
+    """Whether a parquet source's path is a folder (or folder URL) holding a Delta table."""
+    from ematix_flow.engine.lake import delta
+
+    if is_url(path):
+        url = folder_url(path)
+        return url.endswith("/") and delta.is_delta(url, storage)
+    folder = _resolve(path, base_dir)
+    return folder.is_dir() and delta.is_delta(str(folder))
 
 
 def _register_delta(
