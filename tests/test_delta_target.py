@@ -18,6 +18,7 @@ import pytest
 from deltalake import DeltaTable, QueryBuilder, write_deltalake
 from s3server import S3Server
 from support import environment, spawned_workers
+from test_pipelines import VERSIONS, write_version
 
 from ematix_flow.errors import LoadError
 from ematix_flow.pipelines import runner
@@ -27,33 +28,12 @@ from ematix_flow.pipelines.targets.delta import RUN_KEY, DeltaTarget
 
 pytestmark = pytest.mark.integration
 
-HEADER = "id,name,city,score,updated\n"
-VERSIONS = {
-    1: HEADER
-    + "1,ann,oslo,10,2026-01-01 10:00:00\n"
-    + "2,bob,rome,20,2026-01-01 11:00:00\n"
-    + "3,cy,kyiv,30,2026-01-02 09:00:00\n"
-    + "4,dee,lima,40,2026-01-02 10:00:00\n",
-    # 1 unchanged, 2 changed city, 3 changed score, 4 unchanged, 5 new
-    2: HEADER
-    + "1,ann,oslo,10,2026-01-01 10:00:00\n"
-    + "2,bob,bern,20,2026-01-03 08:00:00\n"
-    + "3,cy,kyiv,31,2026-01-03 09:00:00\n"
-    + "4,dee,lima,40,2026-01-02 10:00:00\n"
-    + "5,eve,nice,50,2026-01-03 10:00:00\n",
-}
-
 
 @pytest.fixture(scope="module")
 def mesh_peers(certs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     """Three real flow-worker processes over mTLS, for engine = "distributed"."""
     with spawned_workers(3, certs_dir, tmp_path_factory.mktemp("delta-target-mesh")) as workers:
         yield [w.address for w in workers]
-
-
-def write_version(base: Path, version: int) -> None:
-    table = pacsv.read_csv(pa.BufferReader(VERSIONS[version].encode()))
-    pq.write_table(table, base / "src.parquet")
 
 
 def declare(

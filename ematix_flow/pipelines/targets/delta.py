@@ -40,6 +40,7 @@ from ematix_flow.pipelines.targets.base import (
     failed_record,
     newest_watermark,
 )
+from ematix_flow.pipelines.targets.parquet import _history_row
 from ematix_flow.pipelines.targets.rows import check_keys, prepare, row_hashes
 from ematix_flow.urls import is_url
 
@@ -318,22 +319,10 @@ def _counts(metrics: dict[str, Any], total: int) -> dict[str, int]:
 
 
 def _record(run: RunRecord) -> str:
-    row = {
-        "run_id": run.run_id,
-        "pipeline": run.pipeline,
-        "target_table": run.target_table,
-        "mode": run.mode,
-        "started": run.started.isoformat(),
-        "ended": run.ended.isoformat() if run.ended else None,
-        "rows_read": run.rows_read,
-        "rows_written": run.rows_written,
-        "status": run.status,
-        "error": run.error,
-        "watermark_column": run.watermark_column,
-        "watermark": run.watermark,
-        "watermark_type": run.watermark_type,
-        "extra": json.dumps(run.extra, sort_keys=True),
-    }
+    """``run`` as the JSON of its ``run_history`` row (the Parquet targets' columns)."""
+    row = _history_row(run)
+    row["started"] = run.started.isoformat()
+    row["ended"] = run.ended.isoformat() if run.ended else None
     return json.dumps(row, sort_keys=True)
 
 
